@@ -1,0 +1,304 @@
+"""Build a servable ONNX Runtime model folder from any model source, with a manifest.
+
+Default path for a GGUF source (`precision="exact"`): GGUF → fp32 Hugging Face folder (transformers) →
+onnxruntime-genai builder fp32 graph → `transcode` refills every matrix with the GGUF's own quantized blocks
+(no second quantization) → `add_lora_inputs` adds run-time LoRA branches. Other precisions call the builder
+directly (`int4`, `int8`, `fp32` on CPU; `fp16`, `int4` on CUDA).
+
+Each built folder carries `intarsia_manifest.json`: source hashes, precision, execution provider, FIM format,
+builder and runtime versions, and the transcoding scheme per tensor class. `build_key` summarises the inputs;
+a later run rebuilds only when it changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from .cache import atomic_dir, clean_stale_parts, models_dir, sha256_file, write_json_atomic
+from .errors import BuildError, FimFormatError, ModelNotFoundError
+from .fim import FimFormat, detect_format, get_format
+from .registry import ModelSource, resolve_source
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "intarsia_manifest.json"
+MANIFEST_VERSION = 1
+PRECISIONS = ("exact", "int4", "int8", "fp32", "fp16")
+PROVIDERS = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "exact"
+    provider: str = "cpu"
+    # MatMulNBits accuracy level: 4 = int8 activations (as llama.cpp's q8 dot products), 0/1 = fp32.
+    accuracy_level: int = 4
+    lora_inputs: bool = True
+
+    def validate(self, source: ModelSource) -> "BuildOptions":
+        if self.precision not in PRECISIONS:
+            raise BuildError(f"unknown precision '{self.precision}' (choose from {', '.join(PRECISIONS)})")
+        if self.provider not in PROVIDERS:
+            raise BuildError(f"unknown execution provider '{self.provider}' (choose cpu or cuda)")
+        if self.precision == "exact" and source.kind not in ("registry", "gguf"):
+            raise BuildError("precision 'exact' needs a GGUF source; use fp32, int8 or int4 for a Hugging Face folder")
+        if self.precision == "exact" and self.provider == "cuda":
+            raise BuildError("precision 'exact' is built for the CPU; use fp16 or int4 on cuda")
+        if self.precision == "fp16" and self.provider != "cuda":
+            raise BuildError("fp16 is for the cuda provider; the CPU uses exact, fp32, int8 or int4")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise BuildError(f"accuracy level must be 0-4, not {self.accuracy_level}")
+        return self
+
+    @property
+    def variant(self) -> str:
+        v = f"{self.precision}-{self.provider}"
+        if self.precision in ("exact", "int4", "int8") and self.provider == "cpu":
+            v += f"-acc{self.accuracy_level}"
+        return v
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    path: Path
+    manifest: dict
+
+    @property
+    def fim_format(self) -> FimFormat:
+        return get_format(self.manifest["fim_format"])
+
+
+def versions() -> dict:
+    import onnxruntime
+    import onnxruntime_genai
+    import transformers
+
+
+    try:
+        from importlib.metadata import version
+
+        ours = version("intarsia")
+    except Exception:
+        ours = "unknown"
+    return {
+        "intarsia": ours,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_genai": onnxruntime_genai.__version__,
+        "transformers": transformers.__version__,
+        "manifest": MANIFEST_VERSION,
+    }
+
+
+def _source_identity(source: ModelSource, gguf: Optional[Path]) -> dict:
+    if source.kind == "registry":
+        return {"kind": "registry", "name": source.name, "gguf_sha256": source.spec.gguf_sha256}
+    if source.kind == "gguf":
+        return {"kind": "gguf", "path": str(source.path.resolve()), "gguf_sha256": sha256_file(source.path)}
+    if source.kind == "hf":
+        h = hashlib.sha256()
+        for p in sorted(source.path.iterdir()):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+        return {"kind": "hf", "path": str(source.path.resolve()), "files_digest": h.hexdigest()}
+    return {"kind": source.kind, "id": source.hub_id or source.name}
+
+
+def build_key(identity: dict, options: BuildOptions, vers: dict) -> str:
+    blob = json.dumps({"source": identity, "options": asdict(options), "versions": vers}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_manifest(model_dir: Path) -> Optional[dict]:
+    p = Path(model_dir) / MANIFEST
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def built_dir(source: ModelSource, options: BuildOptions) -> Path:
+    return models_dir() / source.cache_name / options.variant
+
+
+def tokenizer_lookup(model_dir: Path):
+    from tokenizers import Tokenizer
+
+    tok_path = Path(model_dir) / "tokenizer.json"
+    if not tok_path.exists():
+        raise ModelNotFoundError(f"{model_dir} has no tokenizer.json")
+    return Tokenizer.from_file(str(tok_path)).token_to_id
+
+
+def check_fim(model_dir: Path, fmt_name: Optional[str], model_name: str) -> FimFormat:
+    """The FIM format to use, verified against the tokenizer (raises FimFormatError)."""
+    lookup = tokenizer_lookup(model_dir)
+    if fmt_name:
+        fmt = get_format(fmt_name)
+        fmt.check_tokenizer(lookup, model_name=model_name)
+        return fmt
+    try:
+        return detect_format(lookup)
+    except FimFormatError:
+        raise FimFormatError(
+            f"the tokenizer of {model_name} has no fill-in-the-middle tokens of any known format"
+        ) from None
+
+
+def run_builder(hf_dir: Path, out_dir: Path, precision: str, provider: str, extra: dict) -> None:
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),
+           "-p", precision, "-e", provider, "-c", str(out_dir) + ".cache"]
+    if extra:
+        cmd += ["--extra_options", *[f"{k}={v}" for k, v in extra.items()]]
+    log.info("running the onnxruntime-genai builder: %s %s", precision, provider)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    shutil.rmtree(str(out_dir) + ".cache", ignore_errors=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+        raise BuildError(f"the onnxruntime-genai builder failed ({precision}, {provider}):\n{tail}")
+
+
+def hf_folder_for(source: ModelSource, gguf: Path, *, progress: bool = True) -> Path:
+    """The fp32 Hugging Face folder of a GGUF source, cached beside its built models."""
+    from .convert import gguf_to_hf
+
+    hf_dir = models_dir() / source.cache_name / "hf"
+    marker = hf_dir / "intarsia_source.json"
+    want = {"gguf_sha256": sha256_file(gguf) if source.kind == "gguf" else source.spec.gguf_sha256}
+    if marker.exists():
+        try:
+            if json.loads(marker.read_text()) == want:
+                return hf_dir
+        except (OSError, json.JSONDecodeError):
+            pass
+    gguf_to_hf(gguf, hf_dir, progress=progress)
+    write_json_atomic(marker, want)
+    return hf_dir
+
+
+def resolve_gguf(source: ModelSource, *, progress: bool = True) -> Optional[Path]:
+    if source.kind == "registry":
+        from .fetch import fetch
+
+        return fetch(source.spec, progress=progress)
+    if source.kind == "gguf":
+        return source.path
+    return None
+
+
+def build(
+    source: ModelSource | str | None = None,
+    options: BuildOptions = BuildOptions(),
+    *,
+    force: bool = False,
+    progress: bool = True,
+    fim_format: Optional[str] = None,
+) -> BuiltModel:
+    """Return a built model folder for `source`, building it only if missing or out of date."""
+    if not isinstance(source, ModelSource):
+        source = resolve_source(source)
+    if source.kind == "onnx":
+        manifest = read_manifest(source.path) or {}
+        fmt = check_fim(source.path, fim_format or manifest.get("fim_format"), source.name)
+        return BuiltModel(source.path, {**manifest, "fim_format": fmt.name})
+    if source.kind == "hub":
+        raise ModelNotFoundError(
+            f"'{source.hub_id}' looks like a hub id, but this machine reaches no model hub: download the model "
+            "folder elsewhere and give its path"
+        )
+    if source.kind == "hf" and options.precision == "exact":
+        options = BuildOptions(precision="fp32", provider=options.provider, accuracy_level=options.accuracy_level,
+                               lora_inputs=options.lora_inputs)
+    options.validate(source)
+
+    gguf = resolve_gguf(source, progress=progress)
+    if gguf is not None:
+        from .convert import check_gguf_header
+
+        check_gguf_header(gguf)
+    identity = _source_identity(source, gguf)
+    vers = versions()
+    key = build_key(identity, options, vers)
+    out = built_dir(source, options)
+    clean_stale_parts(out.parent)
+    existing = read_manifest(out)
+    if existing and existing.get("build_key") == key and not force and (out / "model.onnx").exists():
+        return BuiltModel(out, existing)
+
+    t0 = time.perf_counter()
+    hf_dir = hf_folder_for(source, gguf, progress=progress) if gguf is not None else source.path
+    fmt_name = fim_format or (source.spec.fim_format if source.spec else None)
+    fmt = check_fim(hf_dir, fmt_name, source.name)
+
+    scheme: dict = {}
+    transcode_report = None
+    with atomic_dir(out) as tmp:
+        if options.precision == "exact":
+            from .transcode import transcode
+
+            fp32_dir = out.parent / f".{out.name}.fp32.part"
+            shutil.rmtree(fp32_dir, ignore_errors=True)
+            try:
+                run_builder(hf_dir, fp32_dir, "fp32", "cpu", {})
+                transcode_report = transcode(fp32_dir, gguf, tmp, accuracy_level=options.accuracy_level,
+                                             progress=progress)
+            finally:
+                shutil.rmtree(fp32_dir, ignore_errors=True)
+            scheme = transcode_report.by_class()
+        else:
+            extra: dict = {}
+            if options.precision in ("int4", "int8"):
+                extra["int4_accuracy_level"] = options.accuracy_level
+            run_builder(hf_dir, tmp, options.precision, options.provider, extra)
+            scheme = {"all_matmuls": f"builder {options.precision} ({options.provider})"}
+        lora_info = None
+        if options.lora_inputs:
+            from .lora import add_lora_inputs
+
+            lora_info = add_lora_inputs(tmp)
+        manifest = {
+            "name": source.name,
+            "source": identity,
+            "precision": options.precision,
+            "execution_provider": options.provider,
+            "accuracy_level": options.accuracy_level,
+            "fim_format": fmt.name,
+            "scheme": scheme,
+            "lora_inputs": bool(lora_info),
+            "versions": vers,
+            "build_key": key,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "size_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
+        }
+        if transcode_report is not None:
+            manifest["transcode"] = transcode_report.to_json()
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return BuiltModel(out, manifest)
+
+
+def find_built(source: ModelSource, options: BuildOptions = BuildOptions()) -> Optional[BuiltModel]:
+    """An already built folder for `source` (no building, no download), or None."""
+    if source.kind == "onnx":
+        return BuiltModel(source.path, read_manifest(source.path) or {})
+    if source.kind == "hf" and options.precision == "exact":
+        options = BuildOptions(precision="fp32", provider=options.provider, accuracy_level=options.accuracy_level,
+                               lora_inputs=options.lora_inputs)
+    out = built_dir(source, options)
+    m = read_manifest(out)
+    if m and (out / "model.onnx").exists():
+        return BuiltModel(out, m)
+    return None

@@ -1,0 +1,207 @@
+"""The engine interface: generate a continuation of a prompt, greedy by default.
+
+Every engine (ONNX Runtime, transformers, remote) implements `Engine.generate`, which takes a frozen
+`GenerationRequest`, an optional cancel event that is checked before every new token, and an optional
+callback that receives text as it becomes final (streaming). Stop strings are applied by `StopMatcher`,
+shared by all engines so they cut at the same place.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence
+
+FINISH_STOP = "stop"  # a stop string matched
+FINISH_EOS = "eos"  # the model emitted an end token
+FINISH_LENGTH = "length"  # max_new_tokens reached
+FINISH_CANCELLED = "cancelled"  # the cancel event was set
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_new_tokens: int = 64
+    stop: tuple[str, ...] = ()
+    # 0 means greedy. Sampling parameters are honoured by engines that support them.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    # Name of a loaded LoRA adapter to apply for this request (None: the engine's active default).
+    adapter: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    prompt_tokens: int
+    reused_tokens: int  # prompt tokens whose KV cache came from the previous request
+    new_tokens: int
+    first_token_s: float  # request start → first new token available
+    prefill_s: float  # time spent on the prompt's (non-reused) tokens
+    decode_s: float  # time spent on the remaining new tokens
+    total_s: float
+
+    @property
+    def prefill_tps(self) -> float:
+        n = self.prompt_tokens - self.reused_tokens
+        return n / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        n = max(self.new_tokens - 1, 0)
+        return n / self.decode_s if self.decode_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    timings: Timings
+    extra: dict = field(default_factory=dict)
+
+
+TextCallback = Callable[[str], None]
+
+
+class StopMatcher:
+    """Incremental stop-string matching over streamed text.
+
+    `feed(piece)` returns the part of the text that is final (cannot be the start of a stop string);
+    `stopped` tells whether a stop string was seen, and `text` is the full output cut before it.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(s for s in stops if s)
+        self._buf = ""
+        self._emitted = 0
+        self.stopped = False
+        self._longest = max((len(s) for s in self.stops), default=0)
+
+    @property
+    def text(self) -> str:
+        return self._buf
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        start_search = max(0, len(self._buf) - self._longest + 1)
+        self._buf += piece
+        cut = None
+        for s in self.stops:
+            i = self._buf.find(s, start_search)
+            if i != -1 and (cut is None or i < cut):
+                cut = i
+        if cut is not None:
+            self._buf = self._buf[:cut]
+            self.stopped = True
+            out = self._buf[self._emitted :]
+            self._emitted = len(self._buf)
+            return out
+        # Hold back a tail that could still become a stop string.
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self._buf)), 0, -1):
+                if self._buf.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        safe = len(self._buf) - hold
+        out = self._buf[self._emitted : safe] if safe > self._emitted else ""
+        self._emitted = max(self._emitted, safe)
+        return out
+
+    def flush(self) -> str:
+        out = self._buf[self._emitted :]
+        self._emitted = len(self._buf)
+        return out
+
+
+class Engine(abc.ABC):
+    """A text generator. Implementations must be safe to call from one worker thread at a time."""
+
+    name: str = "engine"
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        cancel: Optional[threading.Event] = None,
+        on_text: Optional[TextCallback] = None,
+    ) -> GenerationResult:
+        """Generate up to `request.max_new_tokens` tokens; check `cancel` before each token."""
+
+    def stream(self, request: GenerationRequest, *, cancel: Optional[threading.Event] = None) -> Iterator[str]:
+        """Yield text pieces as they are produced (runs `generate` in a helper thread)."""
+        import queue
+
+        q: "queue.Queue[object]" = queue.Queue()
+        done = object()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.generate(request, cancel=cancel, on_text=q.put)
+            except BaseException as e:  # re-raised in the consumer
+                errors.append(e)
+            finally:
+                q.put(done)
+
+        t = threading.Thread(target=run, name=f"{self.name}-stream", daemon=True)
+        t.start()
+        while True:
+            item = q.get()
+            if item is done:
+                break
+            yield item  # type: ignore[misc]
+        t.join()
+        if errors:
+            raise errors[0]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` as the engine's tokenizer splits it (special tokens recognised)."""
+
+    def close(self) -> None:
+        """Release the model; the engine cannot be used afterwards."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Stopwatch:
+    """Collects the timing points of one generation."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.first: Optional[float] = None
+        self.prefill_end: Optional[float] = None
+
+    def mark_prefill_done(self) -> None:
+        if self.prefill_end is None:
+            self.prefill_end = time.perf_counter()
+
+    def mark_token(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def timings(self, prompt_tokens: int, reused: int, new_tokens: int) -> Timings:
+        end = time.perf_counter()
+        first = (self.first or end) - self.t0
+        prefill = (self.prefill_end or self.first or end) - self.t0
+        return Timings(
+            prompt_tokens=prompt_tokens,
+            reused_tokens=reused,
+            new_tokens=new_tokens,
+            first_token_s=first,
+            prefill_s=prefill,
+            decode_s=max(end - (self.first or end), 0.0),
+            total_s=end - self.t0,
+        )

@@ -1,0 +1,1 @@
+"""Intarsia server package."""

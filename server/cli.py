@@ -1,0 +1,363 @@
+"""The `intarsia` command line.
+
+    intarsia model list|fetch|build|info
+    intarsia complete FILE --line N --column M
+    intarsia doctor
+
+Errors print one line (`intarsia: error: ...`) on stderr and exit with status 1; logs go to stderr, results to
+stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from intarsia.model.errors import IntarsiaError
+
+log = logging.getLogger("intarsia")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from intarsia.model.build import BuildOptions, find_built
+    from intarsia.model.fetch import is_fetched
+    from intarsia.model.registry import DEFAULT_MODEL, registry, resolve_source
+
+    for name, spec in registry().items():
+        src = resolve_source(name)
+        built = find_built(src, BuildOptions())
+        state = "built" if built else ("fetched" if is_fetched(spec) else "not fetched")
+        mark = "*" if name == DEFAULT_MODEL else " "
+        print(f"{mark} {name:22s} {_human(spec.gguf_size):>10s}  {state:12s} {spec.description}")
+    return 0
+
+
+def cmd_model_fetch(args: argparse.Namespace) -> int:
+    from intarsia.model.fetch import fetch
+    from intarsia.model.registry import get_spec
+
+    path = fetch(get_spec(args.name), progress=not args.quiet)
+    print(path)
+    return 0
+
+
+def _options(args: argparse.Namespace):
+    from intarsia.model.build import BuildOptions
+
+    return BuildOptions(precision=args.precision, provider=args.device, accuracy_level=args.accuracy_level)
+
+
+def cmd_model_build(args: argparse.Namespace) -> int:
+    from intarsia.model.build import build
+
+    t0 = time.perf_counter()
+    built = build(args.model, _options(args), force=args.force, progress=not args.quiet, fim_format=args.fim_format)
+    log.info("built in %.1f s", time.perf_counter() - t0)
+    print(built.path)
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from intarsia.model.build import find_built
+    from intarsia.model.registry import resolve_source
+
+    src = resolve_source(args.model)
+    built = find_built(src, _options(args))
+    info: dict = {"source": src.kind, "name": src.name}
+    if src.spec is not None:
+        info.update(gguf_sha256=src.spec.gguf_sha256, gguf_size=src.spec.gguf_size, license=src.spec.license,
+                    pieces=[f"{p.dist}=={p.version}" for p in src.spec.parts])
+    if built is None:
+        info["built"] = None
+    else:
+        info["built"] = str(built.path)
+        info["manifest"] = {k: v for k, v in built.manifest.items() if k != "transcode"}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model      {info['name']} ({info['source']})")
+    if src.spec is not None:
+        print(f"gguf       {_human(src.spec.gguf_size)}, sha256 {src.spec.gguf_sha256}")
+    if built is None:
+        print("built      no (run: intarsia model build " + (args.model or "") + ")")
+        return 0
+    m = built.manifest
+    print(f"built      {built.path}")
+    for key in ("precision", "execution_provider", "accuracy_level", "fim_format", "lora_inputs", "built_at"):
+        if key in m:
+            print(f"{key:10s} {m[key]}")
+    if "size_bytes" in m:
+        print(f"size       {_human(m['size_bytes'])}")
+    for cls, desc in (m.get("scheme") or {}).items():
+        print(f"  {cls:14s} {desc}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- complete
+
+
+def _load_engine(args: argparse.Namespace):
+    """(engine, fim_format) for the CLI's --engine/--model/--adapter options."""
+    from intarsia.model.fim import get_format
+
+    if args.engine == "remote":
+        from intarsia.model.remote_engine import RemoteEngine
+
+        if not args.endpoint:
+            raise IntarsiaError("--engine remote needs --endpoint URL (an OpenAI-compatible server)")
+        fmt = get_format(args.fim_format or "qwen2.5-coder")
+        return RemoteEngine(args.endpoint, model=args.remote_model, fim_format=fmt), fmt
+
+    from intarsia.model.build import build, check_fim
+    from intarsia.model.registry import resolve_source
+
+    src = resolve_source(args.model)
+    if args.engine == "hf":
+        from intarsia.model.build import hf_folder_for, resolve_gguf
+        from intarsia.model.hf_engine import HfEngine
+
+        gguf = resolve_gguf(src, progress=not args.quiet)
+        hf_dir = hf_folder_for(src, gguf, progress=not args.quiet) if gguf is not None else src.path
+        fmt = check_fim(hf_dir, args.fim_format or (src.spec.fim_format if src.spec else None), src.name)
+        adapter = None if args.adapter in (None, "none") else Path(args.adapter)
+        return HfEngine(hf_dir, device=args.device, adapter_dir=adapter), fmt
+
+    from intarsia.model.ort_engine import OrtEngine
+
+    built = build(src, _options(args), progress=not args.quiet, fim_format=args.fim_format)
+    adapters = {}
+    default_adapter = None
+    if args.adapter not in (None, "none"):
+        adapters["cli"] = _adapter_file(Path(args.adapter), built.path)
+        default_adapter = "cli"
+    engine = OrtEngine(built.path, provider=args.device, threads=args.threads, adapters=adapters,
+                       default_adapter=default_adapter)
+    return engine, built.fim_format
+
+
+def _adapter_file(path: Path, model_dir: Path) -> Path:
+    """An `.onnx_adapter` for `path`: used as is, or exported from a peft folder next to the model."""
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / "adapter_config.json").exists():
+        from intarsia.model.lora import export_adapter
+
+        out = model_dir / "adapters" / f"{path.resolve().name}.onnx_adapter"
+        if not out.exists() or out.stat().st_mtime < (path / "adapter_config.json").stat().st_mtime:
+            export_adapter(path, model_dir, out)
+        return out
+    raise IntarsiaError(f"adapter {path} is neither an .onnx_adapter file nor a peft folder (adapter_config.json)")
+
+
+def split_at(text: str, line: int, column: int) -> tuple[str, str]:
+    """(prefix, suffix) of `text` at 1-based `line` and `column` (column counted in characters)."""
+    lines = text.splitlines(keepends=True)
+    if line < 1 or line > max(len(lines), 1) + (1 if text.endswith("\n") else 0):
+        raise IntarsiaError(f"line {line} is outside the file (1..{len(lines)})")
+    offset = sum(len(ln) for ln in lines[: line - 1])
+    cur = lines[line - 1] if line - 1 < len(lines) else ""
+    body = cur.rstrip("\r\n")
+    if column < 1 or column > len(body) + 1:
+        raise IntarsiaError(f"column {column} is outside line {line} (1..{len(body) + 1})")
+    offset += column - 1
+    return text[:offset], text[offset:]
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from intarsia.model.engine import GenerationRequest
+
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise IntarsiaError(f"cannot read {path}: {e.strerror}") from None
+    if b"\0" in data[:8192]:
+        raise IntarsiaError(f"{path} looks like a binary file")
+    text = data.decode("utf-8", errors="replace")
+    prefix, suffix = split_at(text, args.line, args.column)
+    engine, fmt = _load_engine(args)
+    with engine:
+        prompt = fmt.render(prefix, suffix)
+        stops = list(fmt.stop_strings)
+        if args.single_line:
+            stops.append("\n")
+        req = GenerationRequest(prompt=prompt, max_new_tokens=args.max_tokens, stop=tuple(stops))
+        res = engine.generate(req)
+    t = res.timings
+    log.info("completion: %d prompt tokens, %d new, first token %.0f ms, total %.0f ms, finish=%s",
+             t.prompt_tokens, t.new_tokens, t.first_token_s * 1000, t.total_s * 1000, res.finish_reason)
+    sys.stdout.write(res.text)
+    if not res.text.endswith("\n"):
+        sys.stdout.write("\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- doctor
+
+DOCTOR_SAMPLE = (
+    "def fibonacci(n):\n"
+    '    """Return the n-th Fibonacci number."""\n'
+    "    if n < 2:\n"
+    "        return n\n"
+    "    return ",
+    "\n\n\nprint(fibonacci(10))\n",
+)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import onnxruntime
+
+    from intarsia.model.build import BuildOptions, check_fim, find_built
+    from intarsia.model.engine import GenerationRequest
+    from intarsia.model.fetch import verify
+    from intarsia.model.registry import resolve_source
+
+    ok = True
+
+    def line(status: str, what: str) -> None:
+        print(f"[{status:4s}] {what}")
+
+    src = resolve_source(args.model)
+    line("ok", f"model: {src.name} ({src.kind})")
+    if src.spec is not None:
+        good, msg = verify(src.spec)
+        line("ok" if good else "FAIL", msg)
+        ok &= good
+    line("ok", f"onnxruntime {onnxruntime.__version__}, providers: {', '.join(onnxruntime.get_available_providers())}")
+    try:
+        from intarsia.model.ort_engine import available_providers
+
+        line("ok", f"onnxruntime-genai providers usable here: {', '.join(available_providers())}")
+    except Exception as e:  # pragma: no cover - reported, not fatal
+        line("warn", f"cannot list onnxruntime-genai providers: {e}")
+    built = find_built(src, _options(args))
+    if built is None:
+        line("FAIL", f"no built model for {src.name} ({_options(args).variant}): run `intarsia model build`")
+        return 1
+    line("ok", f"built model: {built.path} ({built.manifest.get('precision')}, "
+               f"{built.manifest.get('execution_provider')})")
+    try:
+        fmt = check_fim(built.path, built.manifest.get("fim_format"), src.name)
+        line("ok", f"FIM format {fmt.name}: tokens {', '.join(fmt.special_tokens)} found")
+    except IntarsiaError as e:
+        line("FAIL", str(e))
+        return 1
+    from intarsia.model.ort_engine import OrtEngine
+
+    prompt = fmt.render(*DOCTOR_SAMPLE)
+    t0 = time.perf_counter()
+    with OrtEngine(built.path, provider=args.device, threads=args.threads) as engine:
+        load_s = time.perf_counter() - t0
+        res = engine.generate(GenerationRequest(prompt=prompt, max_new_tokens=24, stop=(*fmt.stop_strings, "\n")))
+    t = res.timings
+    line("ok", f"engine loaded in {load_s:.1f} s; probe: {t.prompt_tokens} prompt tokens, first token "
+               f"{t.first_token_s * 1000:.0f} ms, {t.new_tokens} tokens in {t.total_s * 1000:.0f} ms "
+               f"({t.decode_tps:.1f} tok/s decode)")
+    print("prompt sent:")
+    print(json.dumps(prompt))
+    print("completion:")
+    print(json.dumps(res.text))
+    return 0 if ok else 1
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _add_model_opts(p: argparse.ArgumentParser, model_required: bool = False) -> None:
+    if model_required:
+        p.add_argument("model", help="registry name, .gguf file, or model folder")
+    else:
+        p.add_argument("--model", "-m", default=None, help="registry name, .gguf file, or model folder "
+                                                              "(default: qwen2.5-coder-0.5b)")
+    p.add_argument("--precision", default="exact", choices=["exact", "int4", "int8", "fp32", "fp16"],
+                   help="exact: the GGUF's own blocks, no second quantization (default)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="execution provider")
+    p.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy level (4: int8 activations)")
+    p.add_argument("--fim-format", default=None, help="override the FIM format (default: from the model)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intarsia", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (stderr)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="fetch, build and inspect models")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    p = msub.add_parser("list", help="known models and their state")
+    p.set_defaults(func=cmd_model_list)
+    p = msub.add_parser("fetch", help="download and verify a registry model")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_model_fetch)
+    p = msub.add_parser("build", help="build the ONNX Runtime model")
+    _add_model_opts(p, model_required=False)
+    p.add_argument("model_pos", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    p.set_defaults(func=cmd_model_build)
+    p = msub.add_parser("info", help="what is cached and how it was built")
+    _add_model_opts(p)
+    p.add_argument("model_pos", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_info)
+
+    p = sub.add_parser("complete", help="print the completion at a position of a file")
+    p.add_argument("file")
+    p.add_argument("--line", type=int, required=True, help="1-based line")
+    p.add_argument("--column", type=int, required=True, help="1-based column (characters)")
+    _add_model_opts(p)
+    p.add_argument("--engine", default="ort", choices=["ort", "hf", "remote"])
+    p.add_argument("--endpoint", default=None, help="OpenAI-compatible server URL for --engine remote")
+    p.add_argument("--remote-model", default=None, help="model name to send to the remote server")
+    p.add_argument("--adapter", default="none", help="none | PATH (peft folder or .onnx_adapter)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--single-line", action="store_true", help="stop at the end of the line")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_complete)
+
+    p = sub.add_parser("doctor", help="check the model, tokens, providers, and time a probe completion")
+    _add_model_opts(p)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "model_pos", None):
+        args.model = args.model_pos
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except IntarsiaError as e:
+        print(f"intarsia: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("intarsia: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

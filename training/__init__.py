@@ -1,0 +1,1 @@
+"""Intarsia training package."""
