@@ -79,22 +79,21 @@ class BuiltModel:
 
 
 def versions() -> dict:
-    import onnxruntime
-    import onnxruntime_genai
-    import transformers
+    """Versions that change what a build produces (read from package metadata: no heavy imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
 
-    try:
-        from importlib.metadata import version
-
-        ours = version("intarsia")
-    except Exception:
-        ours = "unknown"
     return {
-        "intarsia": ours,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_genai": onnxruntime_genai.__version__,
-        "transformers": transformers.__version__,
+        "intarsia": v("intarsia"),
+        "onnxruntime": v("onnxruntime"),
+        "onnxruntime_genai": v("onnxruntime-genai"),
+        "transformers": v("transformers"),
+        "gguf": v("gguf"),
         "manifest": MANIFEST_VERSION,
     }
 
@@ -171,7 +170,7 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, provider: str, extr
         raise BuildError(f"the onnxruntime-genai builder failed ({precision}, {provider}):\n{tail}")
 
 
-def hf_folder_for(source: ModelSource, gguf: Path, *, progress: bool = True) -> Path:
+def hf_folder_for(source: ModelSource, gguf: Path, *, progress: bool = True, check: bool = True) -> Path:
     """The fp32 Hugging Face folder of a GGUF source, cached beside its built models."""
     from .convert import gguf_to_hf
 
@@ -184,7 +183,7 @@ def hf_folder_for(source: ModelSource, gguf: Path, *, progress: bool = True) -> 
                 return hf_dir
         except (OSError, json.JSONDecodeError):
             pass
-    gguf_to_hf(gguf, hf_dir, progress=progress)
+    gguf_to_hf(gguf, hf_dir, progress=progress, check=check)
     write_json_atomic(marker, want)
     return hf_dir
 
@@ -228,7 +227,7 @@ def build(
     if gguf is not None:
         from .convert import check_gguf_header
 
-        check_gguf_header(gguf)
+        check_gguf_header(gguf, deep=False)
     identity = _source_identity(source, gguf)
     vers = versions()
     key = build_key(identity, options, vers)
@@ -239,7 +238,11 @@ def build(
         return BuiltModel(out, existing)
 
     t0 = time.perf_counter()
-    hf_dir = hf_folder_for(source, gguf, progress=progress) if gguf is not None else source.path
+    if gguf is not None:
+        from .convert import check_gguf_header
+
+        check_gguf_header(gguf)
+    hf_dir = hf_folder_for(source, gguf, progress=progress, check=False) if gguf is not None else source.path
     fmt_name = fim_format or (source.spec.fim_format if source.spec else None)
     fmt = check_fim(hf_dir, fmt_name, source.name)
 

@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 
 
-def check_gguf_header(path: Path) -> None:
-    """Fail with a clear message unless `path` starts like a GGUF file and its tensors fit in the file."""
+def check_gguf_header(path: Path, *, deep: bool = True) -> None:
+    """Fail with a clear message unless `path` starts like a GGUF file (and, if `deep`, its tensors fit in it).
+
+    The deep check parses all metadata (a large vocabulary takes seconds), so it runs only before a build.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -34,6 +37,8 @@ def check_gguf_header(path: Path) -> None:
     (version,) = struct.unpack("<I", head[4:8])
     if version not in (2, 3):
         raise CorruptModelError(f"{path}: unsupported GGUF version {version}")
+    if not deep:
+        return
     try:
         import gguf
 
@@ -63,7 +68,7 @@ def gguf_metadata(path: Path) -> dict:
     return out
 
 
-def gguf_to_hf(gguf_path: Path, out_dir: Path, *, progress: bool = True) -> Path:
+def gguf_to_hf(gguf_path: Path, out_dir: Path, *, progress: bool = True, check: bool = True) -> Path:
     """Write a Hugging Face folder (fp32 safetensors, config, tokenizer) for `gguf_path` into `out_dir`.
 
     The folder is built next to `out_dir` and renamed into place only when complete.
@@ -72,7 +77,8 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path, *, progress: bool = True) -> Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
-    check_gguf_header(gguf_path)
+    if check:
+        check_gguf_header(gguf_path)
     with atomic_dir(Path(out_dir)) as tmp:
         log.info("loading %s with transformers (dequantizing to fp32)", gguf_path.name)
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)

@@ -30,6 +30,8 @@ class GenerationRequest:
     top_p: float = 1.0
     # Name of a loaded LoRA adapter to apply for this request (None: the engine's active default).
     adapter: Optional[str] = None
+    # Benchmarks only: keep generating through end tokens so every engine produces max_new_tokens.
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
     intarsia model list|fetch|build|info
     intarsia complete FILE --line N --column M
     intarsia doctor
+    intarsia serve [--tcp --port N]
+    intarsia stats
 
 Errors print one line (`intarsia: error: ...`) on stderr and exit with status 1; logs go to stderr, results to
 stdout.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -123,10 +126,10 @@ def _load_engine(args: argparse.Namespace):
     from intarsia.model.fim import get_format
 
     if args.engine == "remote":
-        from intarsia.model.remote_engine import RemoteEngine
-
         if not args.endpoint:
             raise IntarsiaError("--engine remote needs --endpoint URL (an OpenAI-compatible server)")
+        from intarsia.model.remote_engine import RemoteEngine
+
         fmt = get_format(args.fim_format or "qwen2.5-coder")
         return RemoteEngine(args.endpoint, model=args.remote_model, fim_format=fmt), fmt
 
@@ -282,6 +285,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# ---------------------------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from intarsia.server.lsp import serve
+
+    rc = serve(tcp=args.tcp, port=args.port, verbose=args.verbose, log_file=args.log_file)
+    # Model and indexing threads must not keep the process alive once the client is gone.
+    logging.shutdown()
+    os._exit(rc)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from intarsia.server.acceptance import run_stats
+
+    png = Path(args.png) if args.png else None
+    print(run_stats(args.workspace, png, chart=not args.no_chart, as_json=args.json))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -340,6 +363,20 @@ def make_parser() -> argparse.ArgumentParser:
     _add_model_opts(p)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("serve", help="run the language server (stdio; --tcp listens on 127.0.0.1)")
+    p.add_argument("--tcp", action="store_true", help="listen on TCP (127.0.0.1 only) instead of stdio")
+    p.add_argument("--port", type=int, default=2087, help="TCP port (default 2087)")
+    p.add_argument("--log-file", default=None, help="write logs to this file instead of stderr")
+    p.add_argument("--stdio", action="store_true", help="use stdio (the default; accepted for editor configs)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("stats", help="acceptance rates of the suggestions (local acceptance log)")
+    p.add_argument("--workspace", default=None, help="only this workspace folder (default: all)")
+    p.add_argument("--png", default=None, help="chart file (default: <cache>/workspaces/acceptance.png)")
+    p.add_argument("--no-chart", action="store_true", help="do not draw the chart")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_stats)
     return parser
 
 

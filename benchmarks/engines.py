@@ -1,0 +1,161 @@
+"""Engine speed, side by side in one run: our ORT engine vs transformers generate() vs llama.cpp (same GGUF).
+
+Prompts: a ~500-token and a ~1,500-token FIM prompt cut from real source (CPython's standard library, read from
+this interpreter's installation), greedy, 64 new tokens forced (end tokens ignored so every engine decodes the
+same count). For each engine, in its own subprocess (so peak RSS is its own):
+- first-token latency and prefill tokens/s for each prompt, cold (no shared prefix with the previous request);
+- decode tokens/s over the 64 tokens;
+- first-token latency when 95 % of the prompt is shared with the previous request (an edit near the cursor);
+- peak RSS.
+
+    python benchmarks/engines.py [--engines ort-exact,transformers,llama.cpp] [--model NAME] [--threads 2]
+
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+SOURCES = ("argparse.py", "inspect.py")  # two unrelated files, so the two prompts share no prefix
+
+
+def fim_prompt(fmt, encode, source: Path, target_tokens: int) -> str:
+    """A FIM prompt of about `target_tokens` tokens: 80 % prefix / 20 % suffix around a line in a function."""
+    text = source.read_text()
+    lines = text.splitlines(keepends=True)
+    # Cursor: the start of an indented statement line near the middle of the file.
+    mid = len(lines) // 2
+    while mid < len(lines) and not lines[mid].startswith("        "):
+        mid += 1
+    prefix_lines, suffix_lines = lines[:mid], lines[mid + 1:]
+    pre_budget, suf_budget = int(target_tokens * 0.8), int(target_tokens * 0.2)
+    prefix, suffix = "", ""
+    for ln in reversed(prefix_lines):
+        if len(encode(ln + prefix)) > pre_budget:
+            break
+        prefix = ln + prefix
+    for ln in suffix_lines:
+        if len(encode(suffix + ln)) > suf_budget:
+            break
+        suffix += ln
+    indent = lines[mid][: len(lines[mid]) - len(lines[mid].lstrip())]
+    return fmt.render(prefix + indent, "\n" + suffix)
+
+
+def edited(prompt: str, share: float) -> str:
+    """The same prompt with a small edit at `share` of its length (everything before it unchanged)."""
+    cut = int(len(prompt) * share)
+    nl = prompt.rfind("\n", 0, cut)
+    cut = nl + 1 if nl > 0 else cut
+    return prompt[:cut] + "    # edited here\n" + prompt[cut:]
+
+
+def one(kind: str, model: str | None, threads: int, new_tokens: int) -> dict:
+    from intarsia.model.build import BuildOptions, build, hf_folder_for, resolve_gguf
+    from intarsia.model.engine import GenerationRequest
+    from intarsia.model.fim import QWEN25_CODER
+    from intarsia.model.registry import resolve_source
+
+    src = resolve_source(model)
+    gguf = resolve_gguf(src, progress=False)
+    t0 = time.perf_counter()
+    if kind.startswith("ort-"):
+        from intarsia.model.ort_engine import OrtEngine
+
+        precision = kind.split("-", 1)[1]
+        built = build(src, BuildOptions(precision=precision, lora_inputs=(precision == "exact")), progress=False)
+        engine = OrtEngine(built.path, threads=threads)
+    elif kind == "transformers":
+        from intarsia.model.hf_engine import HfEngine
+
+        engine = HfEngine(hf_folder_for(src, gguf, progress=False), device="cpu")
+    elif kind == "llama.cpp":
+        from peers import LlamaCppEngine
+
+        engine = LlamaCppEngine(gguf, threads=threads)
+    else:
+        raise SystemExit(f"unknown engine {kind}")
+    load_s = time.perf_counter() - t0
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    p500 = fim_prompt(QWEN25_CODER, engine.encode, stdlib / SOURCES[0], 500)
+    p1500 = fim_prompt(QWEN25_CODER, engine.encode, stdlib / SOURCES[1], 1500)
+    out: dict = {"engine": kind, "load_s": round(load_s, 2), "threads": threads}
+    # Warm-up on an unrelated short prompt (first-call allocations), then the measured runs.
+    engine.generate(GenerationRequest(prompt=QWEN25_CODER.render("x = ", "\n"), max_new_tokens=2))
+    for name, prompt in (("p500", p500), ("p1500", p1500)):
+        r = engine.generate(GenerationRequest(prompt=prompt, max_new_tokens=new_tokens, ignore_eos=True))
+        t = r.timings
+        out[name] = {
+            "prompt_tokens": t.prompt_tokens,
+            "reused_tokens": t.reused_tokens,
+            "first_token_ms": round(t.first_token_s * 1000, 1),
+            "prefill_tok_s": round((t.prompt_tokens - t.reused_tokens) / t.first_token_s, 1),
+            "new_tokens": t.new_tokens,
+            "decode_tok_s": round(t.decode_tps, 2),
+            "total_ms": round(t.total_s * 1000, 1),
+        }
+    r = engine.generate(GenerationRequest(prompt=edited(p1500, 0.95), max_new_tokens=1))
+    out["p1500_95pct_shared"] = {
+        "prompt_tokens": r.timings.prompt_tokens,
+        "reused_tokens": r.timings.reused_tokens,
+        "first_token_ms": round(r.timings.first_token_s * 1000, 1),
+    }
+    engine.close()
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engines", default="ort-exact,ort-int4,transformers,llama.cpp")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.model, args.threads, args.new_tokens)))
+        return 0
+    results = {"new_tokens": args.new_tokens, "threads": args.threads, "engines": {}}
+    for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
+        if kind == "llama.cpp":
+            from peers import llama_cpp_available
+
+            if not llama_cpp_available():
+                results["engines"][kind] = {"skipped": "llama-cpp-python not installed"}
+                continue
+        cmd = [sys.executable, __file__, "--one", kind, "--threads", str(args.threads),
+               "--new-tokens", str(args.new_tokens)]
+        if args.model:
+            cmd += ["--model", args.model]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            results["engines"][kind] = {"error": proc.stderr.strip().splitlines()[-1:] }
+        else:
+            results["engines"][kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{kind}: {json.dumps(results['engines'][kind])}", file=sys.stderr)
+    ours, peer = results["engines"].get("ort-exact", {}), results["engines"].get("llama.cpp", {})
+    if "p500" in ours and "p500" in peer:
+        results["ratios_vs_llama_cpp"] = {
+            p: {"decode": round(ours[p]["decode_tok_s"] / peer[p]["decode_tok_s"], 2),
+                "prefill": round(ours[p]["prefill_tok_s"] / peer[p]["prefill_tok_s"], 2)}
+            for p in ("p500", "p1500")
+        }
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

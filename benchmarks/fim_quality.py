@@ -1,0 +1,224 @@
+"""HumanEval infilling, side by side: reference fp32 (transformers), the served ORT model, builder int4, llama.cpp.
+
+Same problems for every engine (rows shuffled with random.Random(seed), first --limit), the raw
+`<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>` prompt, greedy, --max-new-tokens, stop at the format's stop
+strings. Single-line tasks keep the first line of the generation (the second when the generation starts with a
+newline, as Qwen's harness does). Scores: exact match (stripped line vs stripped canonical line), pass@1 by
+executing prompt + completion + suffix + tests in a sandbox (benchmarks/sandbox.py), the share of generations
+that stop by themselves (end token or FIM sentinel before the token limit), agreement with the reference's
+first line, and speed (prefill and decode tokens/s, first-token latency) and size on disk.
+
+    python benchmarks/fim_quality.py --limit 100 --engines reference,ort-exact,ort-int4,llama.cpp
+
+Prints one JSON object on stdout (and --out FILE); a markdown table on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from sandbox import humaneval_infilling_program, network_isolated, run_program  # noqa: E402
+
+DATA = HERE.parent.parent / "shared" / "data" / "humaneval-infilling"
+SETS = {
+    "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
+    "multi-line": "HumanEval-MultiLineInfilling.jsonl.gz",
+    "random-span": "HumanEval-RandomSpanInfilling.jsonl.gz",
+    "random-span-light": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
+}
+
+
+def load_problems(name: str, limit: int | None, seed: int, data_dir: Path = DATA) -> list[dict]:
+    with gzip.open(data_dir / SETS[name], "rt") as f:
+        rows = [json.loads(line) for line in f]
+    random.Random(seed).shuffle(rows)
+    return rows[:limit] if limit else rows
+
+
+def first_line(text: str) -> str:
+    """Qwen's HumanEval-FIM rule: the first line, or the second if the generation starts with a newline."""
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[0].strip() == "":
+        return lines[1]
+    return lines[0]
+
+
+def completion_for(task: str, text: str) -> str:
+    if task == "single-line":
+        return first_line(text) + "\n"
+    return text
+
+
+def exact(task: str, completion: str, canonical: str) -> bool:
+    if task == "single-line":
+        return completion.strip() == canonical.strip()
+    return [ln.strip() for ln in completion.strip().splitlines() if ln.strip()] == [
+        ln.strip() for ln in canonical.strip().splitlines() if ln.strip()
+    ]
+
+
+def dir_size(path: Path) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def make_engine(kind: str, model: str, threads: int):
+    """(engine, size_on_disk_bytes, description) for an engine name."""
+    from intarsia.model.build import BuildOptions, build, hf_folder_for, resolve_gguf
+    from intarsia.model.registry import resolve_source
+
+    src = resolve_source(model)
+    gguf = resolve_gguf(src, progress=True)
+    if kind == "reference":
+        from intarsia.model.hf_engine import HfEngine
+
+        hf = hf_folder_for(src, gguf)
+        return HfEngine(hf, device="cpu"), dir_size(hf), "transformers fp32 on the dequantized GGUF"
+    if kind.startswith("ort-"):
+        from intarsia.model.ort_engine import OrtEngine
+
+        precision = kind.split("-", 1)[1]
+        opts = BuildOptions(precision=precision, provider="cpu", accuracy_level=4, lora_inputs=(precision == "exact"))
+        built = build(src, opts)
+        size = sum(p.stat().st_size for p in built.path.iterdir() if p.name.startswith("model.onnx"))
+        return OrtEngine(built.path, threads=threads), size, f"ONNX Runtime {opts.variant}"
+    if kind == "llama.cpp":
+        from peers import LlamaCppEngine
+
+        return LlamaCppEngine(gguf, threads=threads), dir_size(gguf), "llama.cpp (llama-cpp-python) on the GGUF"
+    raise SystemExit(f"unknown engine {kind}")
+
+
+def run_engine(kind: str, engine, problems: list[dict], task: str, max_new: int, fmt) -> list[dict]:
+    from intarsia.model.engine import FINISH_EOS, FINISH_STOP, GenerationRequest
+
+    out = []
+    for i, prob in enumerate(problems):
+        prompt = fmt.render(prob["prompt"], prob["suffix"])
+        res = engine.generate(GenerationRequest(prompt=prompt, max_new_tokens=max_new, stop=fmt.stop_strings))
+        comp = completion_for(task, res.text)
+        t = res.timings
+        out.append({
+            "task_id": prob["task_id"],
+            "raw": res.text,
+            "completion": comp,
+            "stopped": res.finish_reason in (FINISH_EOS, FINISH_STOP),
+            "exact": exact(task, comp, prob["canonical_solution"]),
+            "prompt_tokens": t.prompt_tokens,
+            "reused_tokens": t.reused_tokens,
+            "new_tokens": t.new_tokens,
+            "first_token_s": t.first_token_s,
+            "prefill_s": t.prefill_s,
+            "decode_s": t.decode_s,
+        })
+        print(f"\r{kind}: {i + 1}/{len(problems)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return out
+
+
+def score(rows: list[dict], problems: list[dict], timeout: float) -> None:
+    by_id = {p["task_id"]: p for p in problems}
+    for r in rows:
+        res = run_program(humaneval_infilling_program(by_id[r["task_id"]], r["completion"]), timeout=timeout)
+        r["passed"] = res.passed
+        r["status"] = res.status
+
+
+def summarize(rows: list[dict], ref_rows: list[dict] | None, task: str) -> dict:
+    n = len(rows)
+    prefill_tok = sum(r["prompt_tokens"] - r["reused_tokens"] for r in rows)
+    prefill_s = sum(r["prefill_s"] for r in rows)
+    decode_tok = sum(max(r["new_tokens"] - 1, 0) for r in rows)
+    decode_s = sum(r["decode_s"] for r in rows)
+    s = {
+        "n": n,
+        "exact_match": round(100 * sum(r["exact"] for r in rows) / n, 1),
+        "pass_at_1": round(100 * sum(r["passed"] for r in rows) / n, 1),
+        "stops_by_itself": round(100 * sum(r["stopped"] for r in rows) / n, 1),
+        "prefill_tok_s": round(prefill_tok / prefill_s, 1) if prefill_s else None,
+        "decode_tok_s": round(decode_tok / decode_s, 1) if decode_s else None,
+        "first_token_ms_median": round(1000 * statistics.median(r["first_token_s"] for r in rows), 1),
+        "mean_prompt_tokens": round(statistics.mean(r["prompt_tokens"] for r in rows), 1),
+    }
+    if ref_rows is not None:
+        ref = {r["task_id"]: r for r in ref_rows}
+        key = (lambda r: first_line(r["raw"]).rstrip()) if task == "single-line" else (lambda r: r["completion"])
+        s["same_as_reference"] = round(100 * sum(key(r) == key(ref[r["task_id"]]) for r in rows) / n, 1)
+    return s
+
+
+def markdown(results: dict) -> str:
+    cols = ["exact_match", "pass_at_1", "stops_by_itself", "same_as_reference", "prefill_tok_s", "decode_tok_s",
+            "first_token_ms_median", "size_mb"]
+    lines = ["| engine | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in results["engines"].items():
+        s = {**r["summary"], "size_mb": round(r["size_bytes"] / 2**20)}
+        lines.append(f"| {name} | " + " | ".join(str(s.get(c, "—")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="single-line", choices=sorted(SETS))
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--engines", default="reference,ort-exact,ort-int4,llama.cpp")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--timeout", type=float, default=3.0)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    from intarsia.model.fim import QWEN25_CODER
+
+    problems = load_problems(args.task, args.limit, args.seed)
+    results: dict = {"task": args.task, "n": len(problems), "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+                     "threads": args.threads, "sandbox_network_isolated": network_isolated(), "engines": {}}
+    ref_rows = None
+    for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
+        if kind == "llama.cpp":
+            from peers import llama_cpp_available
+
+            if not llama_cpp_available():
+                print("llama.cpp: llama-cpp-python not installed, skipped", file=sys.stderr)
+                continue
+        t0 = time.perf_counter()
+        engine, size, desc = make_engine(kind, args.model, args.threads)
+        load_s = time.perf_counter() - t0
+        try:
+            rows = run_engine(kind, engine, problems, args.task, args.max_new_tokens, QWEN25_CODER)
+        finally:
+            engine.close()
+        score(rows, problems, args.timeout)
+        summary = summarize(rows, ref_rows, args.task)
+        if kind == "reference":
+            ref_rows = rows
+        results["engines"][kind] = {"description": desc, "size_bytes": size, "load_s": round(load_s, 1),
+                                    "summary": summary, "rows": rows}
+        print(f"{kind}: {json.dumps(summary)}", file=sys.stderr)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1))
+    print(markdown(results), file=sys.stderr)
+    compact = {**results, "engines": {k: {kk: vv for kk, vv in v.items() if kk != "rows"}
+                                      for k, v in results["engines"].items()}}
+    print(json.dumps(compact, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

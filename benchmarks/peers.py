@@ -1,0 +1,111 @@
+"""Peers measured side by side with our engines: llama.cpp (llama-cpp-python) on the same GGUF.
+
+`LlamaCppEngine` implements the project's `Engine` interface over llama-cpp-python so that the benchmark
+scripts drive every engine the same way (same prompt string, greedy, same stop strings, same timings).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from intarsia.model.engine import (
+    FINISH_CANCELLED,
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    StopMatcher,
+    Timings,
+)
+
+
+def llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class LlamaCppEngine(Engine):
+    name = "llama.cpp"
+
+    def __init__(self, gguf: Path, *, threads: int = 2, n_ctx: int = 4096):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   n_batch=512, verbose=False, logits_all=False)
+        self._eos = {self.llm.token_eos()}
+        for t in ("<|endoftext|>", "<|im_end|>"):
+            ids = self.llm.tokenize(t.encode(), add_bos=False, special=True)
+            if len(ids) == 1:
+                self._eos.add(ids[0])
+        self._prev: list[int] = []
+
+    def encode(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def generate(self, request: GenerationRequest, *, cancel: Optional[threading.Event] = None,
+                 on_text=None) -> GenerationResult:
+        llm = self.llm
+        t0 = time.perf_counter()
+        tokens = self.encode(request.prompt)
+        # llama.cpp keeps the previous evaluation and re-evaluates only the differing suffix (its own prefix
+        # reuse), which we count the same way as ours.
+        common = 0
+        for a, b in zip(self._prev, tokens):
+            if a != b:
+                break
+            common += 1
+        # The last generated token was never evaluated (no eval after the final sample), so it has no KV entry.
+        common = min(common, len(tokens) - 1, max(len(self._prev) - 1, 0))
+        llm.n_tokens = common
+        llm.eval(tokens[common:])
+        t_first = None
+        out_ids: list[int] = []
+        matcher = StopMatcher(request.stop)
+        finish = FINISH_LENGTH
+        detok_prev = b""
+        for i in range(request.max_new_tokens):
+            if i > 0:
+                llm.eval([out_ids[-1]])  # only when another token is wanted
+            if cancel is not None and cancel.is_set():
+                finish = FINISH_CANCELLED
+                break
+            tok = llm.sample(top_k=1, temp=0.0)
+            if t_first is None:
+                t_first = time.perf_counter()
+            out_ids.append(tok)
+            if tok in self._eos and not request.ignore_eos:
+                finish = FINISH_EOS
+                break
+            full = llm.detokenize(out_ids, special=True)
+            piece = full[len(detok_prev):].decode("utf-8", errors="ignore") if not full.endswith(b"\xef\xbf\xbd") else ""
+            if piece:
+                detok_prev = full
+                emitted = matcher.feed(piece)
+                if emitted and on_text:
+                    on_text(emitted)
+                if matcher.stopped and not request.ignore_eos:
+                    finish = FINISH_STOP
+                    break
+        if finish != FINISH_STOP:
+            rest = matcher.flush()
+            if rest and on_text:
+                on_text(rest)
+        self._prev = tokens + out_ids
+        end = time.perf_counter()
+        first = (t_first or end) - t0
+        timings = Timings(prompt_tokens=len(tokens), reused_tokens=common, new_tokens=len(out_ids),
+                          first_token_s=first, prefill_s=first, decode_s=max(end - (t_first or end), 0.0),
+                          total_s=end - t0)
+        return GenerationResult(text=matcher.text, token_ids=tuple(out_ids), finish_reason=finish, timings=timings)
+
+    def close(self) -> None:
+        if hasattr(self.llm, "close"):
+            self.llm.close()

@@ -1,0 +1,652 @@
+"""The ONNX Runtime engine: onnxruntime-genai with KV-cache reuse across requests.
+
+Completion requests arrive one keystroke apart, and consecutive prompts share almost all of their tokens.
+`OrtEngine` keeps the generator of the previous request; a new request is tokenized, the longest common token
+prefix with the tokens already in the cache (the previous prompt plus what was generated after it) is kept
+(`rewind_to`), and only the rest of the prompt is run. The output is token-identical to a cold run: the
+reused keys and values are exactly those a cold run would compute for the same tokens.
+
+The generator is rebuilt (cold) when the adapter changes, or when the prompt plus `max_new_tokens` does not fit
+the generator's KV buffer (which grows up to the model's context length).
+
+This module also holds the pieces the transformers engine shares (`TextAssembler`, `decode_loop`,
+`sample_token`), so that both engines cut text, stop and count tokens identically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .engine import (
+    FINISH_CANCELLED,
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    StopMatcher,
+    Stopwatch,
+    TextCallback,
+)
+from .errors import EngineError, ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+# Graph inputs of a decoder exported by the onnxruntime-genai builder that are not LoRA parameters.
+_STANDARD_INPUT_PREFIXES = ("input_ids", "attention_mask", "position_ids", "past_key_values.", "past_", "cache_")
+
+# An explicit "no adapter" name for `GenerationRequest.adapter` (None means the engine's default adapter).
+BASE_ADAPTER = ""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared by the engines: incremental detokenisation, stop strings, the token loop, sampling.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class TextAssembler:
+    """Turns generated token ids into final text: incremental decoding plus stop-string matching.
+
+    Decoding re-decodes the generated ids each step (a few hundred ids at most, microseconds), preceded by
+    `context_ids` (the last prompt token) so tokenizers that strip a leading space from the first token of a
+    decode (SentencePiece) still produce the right text; the context's own text is cut off. Text that ends in
+    an incomplete UTF-8 sequence (U+FFFD at the end) is held back until the next token completes it.
+    """
+
+    def __init__(
+        self,
+        decode: Callable[[Sequence[int]], str],
+        stops: Sequence[str],
+        context_ids: Sequence[int] = (),
+    ):
+        self._decode = decode
+        self._ctx = list(context_ids)
+        self._ctx_len = len(decode(self._ctx)) if self._ctx else 0
+        self._ids: list[int] = []
+        self._stable = 0  # characters of decoded text already fed to the matcher
+        self.matcher = StopMatcher(stops)
+
+    @property
+    def stopped(self) -> bool:
+        return self.matcher.stopped
+
+    @property
+    def text(self) -> str:
+        return self.matcher.text
+
+    def _decoded(self) -> str:
+        return self._decode(self._ctx + self._ids)[self._ctx_len :]
+
+    def add(self, token_id: int) -> str:
+        """Add one generated token; return the text that became final (may be empty)."""
+        self._ids.append(int(token_id))
+        text = self._decoded()
+        if text.endswith("\ufffd"):
+            return ""
+        piece = text[self._stable :]
+        self._stable = len(text)
+        return self.matcher.feed(piece) if piece else ""
+
+    def finish(self) -> str:
+        """Release everything still held back (incomplete characters, a possible stop-string start)."""
+        if self.matcher.stopped:
+            return ""
+        text = self._decoded() if self._ids else ""
+        out = ""
+        piece = text[self._stable :]
+        self._stable = len(text)
+        if piece:
+            out += self.matcher.feed(piece)
+        if not self.matcher.stopped:
+            out += self.matcher.flush()
+        return out
+
+
+@dataclass
+class LoopOutcome:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+
+
+def decode_loop(
+    request: GenerationRequest,
+    next_token: Callable[[], int],
+    assembler: TextAssembler,
+    eos_ids: Iterable[int],
+    stopwatch: Stopwatch,
+    *,
+    max_new_tokens: Optional[int] = None,
+    cancel: Optional[threading.Event] = None,
+    on_text: Optional[TextCallback] = None,
+) -> LoopOutcome:
+    """The token loop every local engine runs.
+
+    `cancel` is checked before every call of `next_token` (each call runs at most one forward pass). Returned
+    `token_ids` are all generated tokens, the end token included when one ended the generation; `text` is cut
+    before the first stop string and never contains the end token. With `request.ignore_eos` (benchmarks) the
+    loop runs to the token limit: end tokens are ordinary tokens, stop strings still cut `text`, and the finish
+    reason is "length" unless cancelled.
+    """
+    ignore_eos = bool(getattr(request, "ignore_eos", False))
+    eos = frozenset() if ignore_eos else frozenset(int(e) for e in eos_ids)
+    limit = request.max_new_tokens if max_new_tokens is None else max_new_tokens
+    ids: list[int] = []
+    finish = FINISH_LENGTH
+    for _ in range(max(limit, 0)):
+        if cancel is not None and cancel.is_set():
+            finish = FINISH_CANCELLED
+            break
+        tok = int(next_token())
+        stopwatch.mark_token()
+        ids.append(tok)
+        if tok in eos:
+            finish = FINISH_EOS
+            break
+        piece = assembler.add(tok)
+        if piece and on_text is not None:
+            on_text(piece)
+        if assembler.stopped and not ignore_eos:
+            finish = FINISH_STOP
+            break
+    tail = assembler.finish()
+    if tail and on_text is not None:
+        on_text(tail)
+    if assembler.stopped and not ignore_eos:
+        finish = FINISH_STOP
+    return LoopOutcome(text=assembler.text, token_ids=tuple(ids), finish_reason=finish)
+
+
+def sample_token(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    """Greedy when temperature <= 0, else temperature + nucleus (top-p) sampling."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits / temperature
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    if 0 < top_p < 1:
+        order = np.argsort(-p)
+        cum = np.cumsum(p[order])
+        keep = order[: int(np.searchsorted(cum, top_p)) + 1]
+        q = p[keep] / p[keep].sum()
+        return int(keep[rng.choice(len(keep), p=q)])
+    return int(rng.choice(len(p), p=p))
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    # Compare in blocks first: prompts are hundreds of tokens and usually share almost all of them.
+    step = 64
+    while i + step <= n and list(a[i : i + step]) == list(b[i : i + step]):
+        i += step
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class HfTokenizerFile:
+    """Encode/decode with a `tokenizer.json` (the `tokenizers` library); special tokens are kept in decoded text."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_id(self, token: str) -> Optional[int]:
+        return self._tok.token_to_id(token)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Providers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _import_og():
+    try:
+        import onnxruntime_genai as og
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise EngineError(f"onnxruntime-genai is not installed or cannot be loaded ({e})") from None
+    return og
+
+
+def available_providers() -> list[str]:
+    """Execution providers OrtEngine can use here: always "cpu", "cuda" when both onnxruntime-genai and
+    onnxruntime were built with CUDA and a device is visible."""
+    providers = ["cpu"]
+    try:
+        og = _import_og()
+        import onnxruntime
+
+        if og.is_cuda_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.append("cuda")
+    except Exception as e:  # a broken CUDA install must not break CPU use
+        log.debug("CUDA provider check failed: %s", e)
+    return providers
+
+
+def default_threads() -> int:
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------------------------
+
+
+class OrtEngine(Engine):
+    """onnxruntime-genai engine with KV prefix reuse, streaming, stop strings, cancel and LoRA adapters.
+
+    `model_dir` is a folder written by the onnxruntime-genai model builder (genai_config.json, the decoder ONNX
+    file, tokenizer files). `provider`: "cpu", "cuda", or "auto" (CUDA when available). `threads`: intra-op
+    threads for the CPU provider (default: the cores this process may run on). `max_length`: initial size of
+    the KV buffer in tokens (default min(context length, 4096)); it grows up to the context length when a
+    request needs more. `prefill_chunk`: prompt tokens run per forward pass, with a cancel check between
+    chunks (default 128 on CPU, where it costs ~5 % of prefill throughput against 512 and bounds the cancel
+    latency to ~1 s on two cores, and 512 on CUDA); the chunks of a cancelled prefill stay in the cache and are
+    reused by the next request. `eos_token_ids`: tokens that end a generation (default: genai_config.json's
+    eos_token_id).
+    `adapters` (name → .onnx_adapter file) are loaded at start; `default_adapter` is used by requests whose
+    `adapter` is None (BASE_ADAPTER, "", selects the base model explicitly).
+    """
+
+    name = "ort"
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        *,
+        provider: str = "auto",
+        threads: Optional[int] = None,
+        adapters: Optional[Mapping[str, Path | str]] = None,
+        default_adapter: Optional[str] = None,
+        max_length: Optional[int] = None,
+        prefill_chunk: Optional[int] = None,
+        eos_token_ids: Optional[Sequence[int]] = None,
+        seed: Optional[int] = None,
+    ):
+        self.model_dir = Path(model_dir)
+        cfg_path = self.model_dir / "genai_config.json"
+        if not cfg_path.is_file():
+            raise ModelNotFoundError(f"no ONNX model in {self.model_dir} (genai_config.json is missing)")
+        try:
+            self._genai_config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise EngineError(f"cannot read {cfg_path}: {e}") from None
+        model_cfg = self._genai_config.get("model", {})
+        if provider not in ("auto", "cpu", "cuda"):
+            raise EngineError(f"unknown provider '{provider}' (choose auto, cpu or cuda)")
+        avail = available_providers()
+        if provider == "auto":
+            provider = "cuda" if "cuda" in avail else "cpu"
+        elif provider == "cuda" and "cuda" not in avail:
+            raise EngineError(
+                "the CUDA provider is not available (install onnxruntime-gpu and onnxruntime-genai-cuda)"
+            )
+        self.provider = provider
+        self.threads = int(threads) if threads else default_threads()
+        self.context_length = int(
+            model_cfg.get("context_length") or self._genai_config.get("search", {}).get("max_length") or 4096
+        )
+        self.max_length = min(int(max_length or 4096), self.context_length)
+        self.prefill_chunk = max(int(prefill_chunk or (512 if provider == "cuda" else 128)), 1)
+        eos = eos_token_ids if eos_token_ids is not None else model_cfg.get("eos_token_id", [])
+        self.eos_token_ids: tuple[int, ...] = tuple(int(e) for e in ([eos] if isinstance(eos, int) else eos))
+        self._decoder_file = self.model_dir / model_cfg.get("decoder", {}).get("filename", "model.onnx")
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self._closed = False
+
+        og = _import_og()
+        self._og = og
+        try:
+            config = og.Config(str(self.model_dir))
+            config.clear_providers()
+            if provider == "cuda":
+                config.append_provider("cuda")
+            else:
+                # The default pool may use fewer threads than cores; set the count explicitly.
+                config.overlay(
+                    json.dumps(
+                        {"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}}
+                    )
+                )
+            self._model = og.Model(config)
+        except Exception as e:
+            raise EngineError(f"cannot load the ONNX model in {self.model_dir}: {_one_line(e)}") from None
+        tok_file = self.model_dir / "tokenizer.json"
+        if tok_file.is_file():
+            self._tok: object = HfTokenizerFile(tok_file)
+        else:
+            self._tok = _OgTokenizer(og.Tokenizer(self._model))
+        log.info(
+            "loaded %s on %s (%s threads, context %d)",
+            self.model_dir,
+            self.provider,
+            self.threads if provider == "cpu" else "-",
+            self.context_length,
+        )
+
+        self._generator = None
+        self._gen_max_length = 0
+        self._gen_adapter: Optional[str] = None
+        self._adapters = None  # og.Adapters, created on the first load
+        self._adapter_paths: dict[str, Path] = {}
+        self._lora_inputs: Optional[dict[str, tuple[str, tuple[Optional[int], ...]]]] = None
+        for name, path in (adapters or {}).items():
+            self.load_adapter(name, path)
+        if default_adapter not in (None, BASE_ADAPTER) and default_adapter not in self._adapter_paths:
+            raise EngineError(f"default adapter '{default_adapter}' is not loaded")
+        self.default_adapter = default_adapter or None
+
+    # ---- tokenizer -------------------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(ids)
+
+    # ---- adapters --------------------------------------------------------------------------------------------
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return tuple(self._adapter_paths)
+
+    def lora_inputs(self) -> frozenset[str]:
+        """Names of the decoder graph's inputs that are not token/mask/cache inputs (LoRA parameters)."""
+        return frozenset(self._lora_input_specs())
+
+    def _lora_input_specs(self) -> dict[str, tuple[str, tuple[Optional[int], ...]]]:
+        """LoRA input name -> (ONNX Runtime tensor type, dims with None for symbolic ones)."""
+        if self._lora_inputs is None:
+            import onnx
+            from onnx import helper
+
+            try:
+                proto = onnx.load(str(self._decoder_file), load_external_data=False)
+            except Exception as e:
+                raise EngineError(f"cannot read {self._decoder_file}: {_one_line(e)}") from None
+            specs = {}
+            for i in proto.graph.input:
+                if i.name.startswith(_STANDARD_INPUT_PREFIXES):
+                    continue
+                t = i.type.tensor_type
+                np_type = helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else None
+                type_name = "tensor(float)" if np_type == np.float32 else f"tensor({np.dtype(np_type).name})"
+                dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+                specs[i.name] = (type_name, dims)
+            self._lora_inputs = specs
+        return self._lora_inputs
+
+    def load_adapter(self, name: str, path: Path | str) -> None:
+        """Load an .onnx_adapter file under `name` (requests select it with `GenerationRequest.adapter`)."""
+        self._check_open()
+        if not name:
+            raise EngineError("an adapter needs a non-empty name")
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"adapter file {path} does not exist")
+        inputs = self._lora_input_specs()
+        if not inputs:
+            raise EngineError(
+                f"the model in {self.model_dir} has no LoRA inputs: export it with adapter support to use '{name}'"
+            )
+        try:
+            import onnxruntime
+
+            params = onnxruntime.AdapterFormat.read_adapter(str(path)).get_parameters()
+        except Exception as e:
+            raise EngineError(f"cannot read adapter {path}: {_one_line(e)}") from None
+        unknown = sorted(set(params) - set(inputs))
+        if unknown:
+            raise EngineError(
+                f"adapter {path} does not fit the model: {len(unknown)} parameter(s) such as '{unknown[0]}' "
+                f"are not inputs of {self._decoder_file.name}"
+            )
+        # onnxruntime would only notice a wrong shape or type at the first token: check them now.
+        for pname, value in sorted(params.items()):
+            type_name, dims = inputs[pname]
+            shape = tuple(value.shape())
+            if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
+                want = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+                raise EngineError(
+                    f"adapter {path} does not fit the model: {pname} has shape {list(shape)}, the model needs {want}"
+                )
+            if value.data_type() != type_name:
+                raise EngineError(
+                    f"adapter {path} does not fit the model: {pname} is {value.data_type()}, the model needs {type_name}"
+                )
+        with self._lock:
+            if self._adapters is None:
+                self._adapters = self._og.Adapters(self._model)
+            if name in self._adapter_paths:
+                self._unload_locked(name)
+            try:
+                self._adapters.load(str(path), name)
+            except Exception as e:
+                raise EngineError(f"cannot load adapter {path}: {_one_line(e)}") from None
+            self._adapter_paths[name] = path
+        log.info("loaded adapter '%s' from %s", name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self._adapter_paths:
+                raise EngineError(f"adapter '{name}' is not loaded")
+            self._unload_locked(name)
+            if self.default_adapter == name:
+                self.default_adapter = None
+
+    def _unload_locked(self, name: str) -> None:
+        if self._gen_adapter == name:
+            self._drop_generator()
+        self._adapters.unload(name)
+        del self._adapter_paths[name]
+
+    # ---- generation ------------------------------------------------------------------------------------------
+
+    def _drop_generator(self) -> None:
+        self._generator = None
+        self._gen_max_length = 0
+        self._gen_adapter = None
+
+    def _new_generator(self, needed: int, adapter: Optional[str]):
+        self._drop_generator()
+        length = self.max_length
+        if needed > length:
+            length = min(self.context_length, 1 << math.ceil(math.log2(needed)))
+        params = self._og.GeneratorParams(self._model)
+        params.set_search_options(max_length=length, do_sample=False)
+        gen = self._og.Generator(self._model, params)
+        if adapter is not None:
+            gen.set_active_adapter(self._adapters, adapter)
+        self._generator, self._gen_max_length, self._gen_adapter = gen, length, adapter
+        log.debug("new generator (max_length %d, adapter %s)", length, adapter)
+        return gen
+
+    def _resolve_adapter(self, requested: Optional[str]) -> Optional[str]:
+        name = self.default_adapter if requested is None else requested
+        if name in (None, BASE_ADAPTER):
+            return None
+        if name not in self._adapter_paths:
+            raise EngineError(f"adapter '{name}' is not loaded (loaded: {', '.join(self._adapter_paths) or 'none'})")
+        return name
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        cancel: Optional[threading.Event] = None,
+        on_text: Optional[TextCallback] = None,
+    ) -> GenerationResult:
+        with self._lock:
+            self._check_open()
+            callback = _GuardedCallback(on_text) if on_text is not None else None
+            try:
+                return self._generate_locked(request, cancel, callback)
+            except EngineError:
+                raise
+            except Exception as e:
+                if callback is not None and callback.raised is e:
+                    raise  # the caller's own error; the cache is consistent
+                # The generator may be in any state after a runtime failure: start the next request cold.
+                self._drop_generator()
+                raise EngineError(f"ONNX Runtime generation failed: {_one_line(e)}") from e
+
+    def _generate_locked(
+        self, request: GenerationRequest, cancel: Optional[threading.Event], on_text: Optional[TextCallback]
+    ) -> GenerationResult:
+        sw = Stopwatch()
+        adapter = self._resolve_adapter(request.adapter)
+        prompt = self.encode(request.prompt)
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) >= self.context_length:
+            raise EngineError(
+                f"the prompt has {len(prompt)} tokens; the model's context is {self.context_length} tokens"
+            )
+        max_new = min(max(request.max_new_tokens, 0), self.context_length - len(prompt))
+        needed = len(prompt) + max_new
+
+        gen = self._generator
+        rebuilt = False
+        reused = 0
+        if gen is None or self._gen_adapter != adapter or needed > self._gen_max_length:
+            gen = self._new_generator(needed, adapter)
+            rebuilt = True
+        else:
+            cached = gen.get_sequence(0)
+            # Keep at least one prompt token to run (its logits start the generation), and never count on the
+            # cache holding the last sequence token: a token from generate_next_token has no KV entry yet.
+            reused = min(common_prefix_len(cached, prompt), len(prompt) - 1, max(len(cached) - 1, 0))
+            if reused < len(cached):
+                gen.rewind_to(reused)
+
+        extra = {"rebuilt": rebuilt, "adapter": adapter, "provider": self.provider}
+        if cancel is not None and cancel.is_set():
+            return self._result("", (), FINISH_CANCELLED, sw, len(prompt), reused, extra)
+
+        # Prefill in chunks, checking cancel between them.
+        pos = reused
+        while pos < len(prompt):
+            if cancel is not None and cancel.is_set():
+                return self._result("", (), FINISH_CANCELLED, sw, len(prompt), reused, extra)
+            end = min(pos + self.prefill_chunk, len(prompt))
+            gen.append_tokens(np.asarray(prompt[pos:end], dtype=np.int32))
+            pos = end
+        sw.mark_prefill_done()
+
+        if request.temperature > 0 or getattr(request, "ignore_eos", False):
+            # Choose tokens from the logits ourselves: sampling, or greedy through end tokens (onnxruntime-genai
+            # marks the generator done at an end token and then only yields padding).
+            pending: list[int] = []
+
+            def next_token() -> int:
+                if pending:
+                    gen.append_tokens(np.asarray(pending, dtype=np.int32))
+                    pending.clear()
+                logits = gen.get_logits().reshape(-1)
+                tok = sample_token(logits, request.temperature, request.top_p, self._rng)
+                pending.append(tok)
+                return tok
+
+        else:
+
+            def next_token() -> int:
+                gen.generate_next_token()
+                return int(gen.get_next_tokens()[0])
+
+        assembler = TextAssembler(self._tok.decode, request.stop, prompt[-1:])
+        out = decode_loop(
+            request,
+            next_token,
+            assembler,
+            self.eos_token_ids,
+            sw,
+            max_new_tokens=max_new,
+            cancel=cancel,
+            on_text=on_text,
+        )
+        return self._result(out.text, out.token_ids, out.finish_reason, sw, len(prompt), reused, extra)
+
+    @staticmethod
+    def _result(text, ids, finish, sw: Stopwatch, prompt_tokens: int, reused: int, extra: dict) -> GenerationResult:
+        return GenerationResult(
+            text=text,
+            token_ids=tuple(ids),
+            finish_reason=finish,
+            timings=sw.timings(prompt_tokens, reused, len(ids)),
+            extra=extra,
+        )
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache (the next request runs cold)."""
+        with self._lock:
+            self._drop_generator()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError("the ONNX engine is closed")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._drop_generator()
+            self._adapters = None
+            self._model = None
+            self._closed = True
+
+
+class _GuardedCallback:
+    """Calls `on_text` and remembers an exception it raised, so engines can re-raise it unchanged."""
+
+    def __init__(self, fn: TextCallback):
+        self._fn = fn
+        self.raised: Optional[BaseException] = None
+
+    def __call__(self, piece: str) -> None:
+        try:
+            self._fn(piece)
+        except BaseException as e:
+            self.raised = e
+            raise
+
+
+class _OgTokenizer:
+    """Fallback when the model folder has no tokenizer.json (special tokens are dropped from decoded text)."""
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self._tok.encode(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(np.asarray(list(ids), dtype=np.int32))
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
