@@ -187,7 +187,6 @@ def main() -> int:
     problems = load_problems(args.task, args.limit, args.seed)
     results: dict = {"task": args.task, "n": len(problems), "seed": args.seed, "max_new_tokens": args.max_new_tokens,
                      "threads": args.threads, "sandbox_network_isolated": network_isolated(), "engines": {}}
-    ref_rows = None
     for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
         if kind == "llama.cpp":
             from peers import llama_cpp_available
@@ -203,14 +202,18 @@ def main() -> int:
         finally:
             engine.close()
         score(rows, problems, args.timeout)
-        summary = summarize(rows, ref_rows, args.task)
-        if kind == "reference":
-            ref_rows = rows
+        summary = summarize(rows, None, args.task)
         results["engines"][kind] = {"description": desc, "size_bytes": size, "load_s": round(load_s, 1),
                                     "summary": summary, "rows": rows}
         print(f"{kind}: {json.dumps(summary)}", file=sys.stderr)
         if args.out:
             args.out.write_text(json.dumps(results, indent=1))
+    # Agreement with the reference, whichever order the engines ran in.
+    ref = results["engines"].get("reference")
+    if ref is not None:
+        for kind, r in results["engines"].items():
+            if kind != "reference":
+                r["summary"] = summarize(r["rows"], ref["rows"], args.task)
     print(markdown(results), file=sys.stderr)
     compact = {**results, "engines": {k: {kk: vv for kk, vv in v.items() if kk != "rows"}
                                       for k, v in results["engines"].items()}}

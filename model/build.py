@@ -32,7 +32,10 @@ from .registry import ModelSource, resolve_source
 log = logging.getLogger(__name__)
 
 MANIFEST = "intarsia_manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# Builder options every build uses. prune_lm_head: logits only for the last prompt position (a 500-token
+# prefill no longer multiplies 500 hidden states by the 151,936-row output matrix; same tokens).
+BUILDER_EXTRA = {"prune_lm_head": "true"}
 PRECISIONS = ("exact", "int4", "int8", "fp32", "fp16")
 PROVIDERS = ("cpu", "cuda")
 
@@ -255,14 +258,14 @@ def build(
             fp32_dir = out.parent / f".{out.name}.fp32.part"
             shutil.rmtree(fp32_dir, ignore_errors=True)
             try:
-                run_builder(hf_dir, fp32_dir, "fp32", "cpu", {})
+                run_builder(hf_dir, fp32_dir, "fp32", "cpu", dict(BUILDER_EXTRA))
                 transcode_report = transcode(fp32_dir, gguf, tmp, accuracy_level=options.accuracy_level,
                                              progress=progress)
             finally:
                 shutil.rmtree(fp32_dir, ignore_errors=True)
             scheme = transcode_report.by_class()
         else:
-            extra: dict = {}
+            extra: dict = dict(BUILDER_EXTRA)
             if options.precision in ("int4", "int8"):
                 extra["int4_accuracy_level"] = options.accuracy_level
             run_builder(hf_dir, tmp, options.precision, options.provider, extra)
@@ -281,6 +284,7 @@ def build(
             "fim_format": fmt.name,
             "scheme": scheme,
             "lora_inputs": bool(lora_info),
+            "builder_options": dict(BUILDER_EXTRA),
             "versions": vers,
             "build_key": key,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

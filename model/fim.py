@@ -78,6 +78,11 @@ class FimFormat:
         With `context_files` (or a `repo_name`/`path`) the repository-level form is used: other files first,
         then the current file's path, then the FIM sentinels around the current file's prefix and suffix.
         """
+        esc = self.escape
+        prefix, suffix = esc(prefix), esc(suffix)
+        repo_name = esc(repo_name) if repo_name is not None else None
+        path = esc(path) if path is not None else None
+        context_files = [RepoFile(esc(f.path), esc(f.content)) for f in context_files]
         core = (
             f"{self.prefix_token}{self.prefix_sep}{prefix}"
             f"{self.suffix_sep}{self.suffix_token}{suffix}"
@@ -103,6 +108,24 @@ class FimFormat:
         if path is not None:
             parts.append(f"{self.file_token}{path}\n")
         return "".join(parts) + core
+
+    def escape(self, text: str) -> str:
+        """User text with any literal sentinel broken up (a zero-width space after its first character).
+
+        A file that contains e.g. `<|fim_prefix|>` as text (this project's own fim.py does) would otherwise be
+        tokenized as the special token and corrupt the prompt.
+        """
+        for tok in self._sentinels:
+            if tok in text:
+                text = text.replace(tok, tok[0] + "\u200b" + tok[1:])
+        return text
+
+    @property
+    def _sentinels(self) -> tuple[str, ...]:
+        names = [*self.special_tokens]
+        for alts in self.aliases.values():
+            names.extend(alts)
+        return tuple(dict.fromkeys(names))
 
     def training_text(self, prompt: str, middle: str) -> str:
         """Prompt + middle + the first end token: what a training example's full text is."""

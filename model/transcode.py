@@ -25,14 +25,14 @@ Q5_K    8 bits, block 32, zp 0, scale d*sc, - dmin*m min term as a correction
 ======  ==========================================  ==============================================
 
 Min terms (Q4_1, Q5_1, Q4_K, Q5_K) are not integer multiples of the scale, so no uint8 zero point can hold
-them, and ORT 1.32's CPU kernel with float zero points takes a slow path (measured 4-16 ms against 0.13 ms
-for an 896x4864 product at batch 1, and it refuses float zero points with 8 bits). The min term is instead
-added to the product exactly as llama.cpp's q4_K x q8_K dot product does it, from per-block sums of the
-input::
+them, and ORT 1.32's CPU kernel with float zero points takes a slow path (an 896x4864 product at batch 1:
+4.0-15.8 ms against 0.13 ms; it refuses float zero points with 8 bits). The min term is instead added to the
+product the way llama.cpp's q4_K x q8_K dot product does it, from per-block sums of the input::
 
     Y = MatMulNBits(A) + ReduceSum(Reshape(A, [b, s, K/32, 32]), -1) @ T      T[K/32, N] = min (or -dmin*m)
 
-(Reshape/ReduceSum/MatMul/Add; the block sums are shared by the matrices that read the same input). The
+(Reshape/ReduceSum/MatMul/Add on the builder's [batch, sequence, K] activations; the block sums are shared by the
+matrices that read the same input). The
 weights are then exact in real arithmetic; only the matmul's own rounding differs from a dequantized fp32
 product.
 
@@ -47,6 +47,13 @@ MatMul, which is exact because it was checked against `gguf.quants.dequantize`.
 
 The token embedding becomes `GatherBlockQuantized` (8 bits, or 4 bits for Q4_0, with uint8 zero points; about
 a quarter of the fp32 size, exact) when its type has no min term, else it stays an fp32 Gather (also exact).
+
+Forms were chosen by measurement (2-core AMD EPYC Zen 3, AVX2 without VNNI, shared, ORT 1.32, 2 threads):
+8 bits/32 is the fastest exact form of the 5-bit Q5_0 at accuracy level 4 (a 12-layer 896x4864 chain whose
+weights exceed the cache: 17.7 ms per token and 1.84 s for 500 tokens, against 19.8 ms / 3.1 s for a 4-bit +
+2-bit split of the code and 40 ms / 1.25 s in fp32); the correction costs ~0.02 ms per matrix. Accuracy levels
+0/1 (fp32 activations) run 8-bit weights through a slow dequantizing path in ORT 1.32: ~2.7-3 s per token for
+the 0.5B model against ~0.08-0.1 s at level 4, so they are for verification, and serving uses 4.
 
 Contract with the LoRA pass that runs afterwards: every replaced node keeps its input tensor and its
 original output tensor name (e.g. `/model/layers.0/attn/qkv_proj/MatMul/output_0`, `logits`), which is the
@@ -935,6 +942,10 @@ def _transcode(
 
     if accuracy_level not in ACCURACY_LEVELS:
         raise BuildError(f"accuracy level must be one of {ACCURACY_LEVELS}, not {accuracy_level}")
+    if accuracy_level != 4:
+        log.warning("accuracy level %d: ONNX Runtime's CPU MatMulNBits runs 8-bit weights with fp32 activations "
+                    "through a slow path (about 30x slower decoding than level 4); serve with level 4",
+                    accuracy_level)
     fp32_dir, out_dir, gguf_path = Path(fp32_dir), Path(out_dir), Path(gguf_path)
     if out_dir.resolve() == fp32_dir.resolve():
         raise BuildError("transcode writes into a separate folder, not into the fp32 export")
@@ -1114,7 +1125,7 @@ def verify(onnx_dir: Path, gguf_path: Path) -> list[TensorCheck]:
     covered: set[str] = set()
     for nd in graph.node:
         kind, name = nd.op_type, nd.output[0] if nd.output else ""
-        if nd.name in skip:
+        if nd.name in skip or "/lora/" in nd.name:  # LoRA branches (model/lora.py) carry no base weights
             continue
         if kind == "MatMulNBits" and nd.domain == MS_DOMAIN:
             k, bits, block = attr(nd, "K"), attr(nd, "bits", 4), attr(nd, "block_size")

@@ -98,3 +98,10 @@ def test_truncated_gguf_is_refused_and_nothing_is_left(tmp_path, tiny_gguf, monk
 def test_wrong_fim_format_is_refused(tiny_gguf, cache):
     with pytest.raises(FimFormatError, match="<fim_prefix>"):
         build(str(tiny_gguf), BuildOptions(accuracy_level=1), progress=False, fim_format="starcoder2")
+
+
+def test_built_weights_verify_exact_with_lora_branches(built, tiny_gguf):
+    from intarsia.model.transcode import verify
+
+    checks = verify(built.path, tiny_gguf)
+    assert checks and all(c.exact for c in checks), [c for c in checks if not c.exact][:3]

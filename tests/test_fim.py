@@ -97,3 +97,15 @@ def test_tokenizer_without_fim_tokens():
 def test_unknown_format_name():
     with pytest.raises(FimFormatError, match="unknown fill-in-the-middle format"):
         get_format("nope")
+
+
+def test_literal_sentinels_in_user_text_are_escaped(qwen_lookup):
+    src = 'FIM = "<|fim_prefix|>"  # and <|endoftext|>\n'
+    p = QWEN25_CODER.render(src, "x = '<|fim_middle|>'\n", context_files=[RepoFile("a<|file_sep|>.py", "<|repo_name|>")])
+    ids = qwen_lookup.encode(p, add_special_tokens=False).ids
+    specials = [qwen_lookup.token_to_id(t) for t in QWEN25_CODER.special_tokens]
+    counts = {t: ids.count(i) for t, i in zip(QWEN25_CODER.special_tokens, specials)}
+    # Only the template's own sentinels remain special tokens.
+    assert counts["<|fim_prefix|>"] == 1 and counts["<|fim_middle|>"] == 1 and counts["<|fim_suffix|>"] == 1
+    assert counts["<|endoftext|>"] == 0 and counts["<|file_sep|>"] == 1 and counts["<|repo_name|>"] == 1
+    assert "fim_prefix" in qwen_lookup.decode(ids, skip_special_tokens=True)

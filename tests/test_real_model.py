@@ -80,3 +80,15 @@ def test_cli_complete_and_doctor(built):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FIM format qwen2.5-coder" in proc.stdout and "prompt sent:" in proc.stdout
+
+
+def test_served_weights_equal_gguf_dequantization(built):
+    """Tensor by tensor, the served ONNX weights dequantize to exactly gguf's numbers (no second quantization)."""
+    from intarsia.model.fetch import gguf_path
+    from intarsia.model.registry import get_spec
+    from intarsia.model.transcode import verify
+
+    checks = verify(built.path, gguf_path(get_spec("qwen2.5-coder-0.5b")))
+    assert len(checks) == 24 * 5 + 2  # qkv, o, gate, up, down per layer + embeddings + lm_head
+    bad = [c for c in checks if not c.exact]
+    assert not bad, bad[:3]

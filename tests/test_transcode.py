@@ -205,7 +205,8 @@ def test_matmulnbits_packing_matches_onnxruntime(bits, block, with_mins):
         nodes, "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, None, k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, None, n])], inits + list(consts.values()),
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.normal(size=(1, 5, k)).astype(np.float32)
     y = sess.run(None, {"A": x})[0]
@@ -476,9 +477,11 @@ def _repack_graph(src: Path, dest: Path) -> Path:
                 wn = f"model.layers.0.attn.{name}.MatMul.weight"
                 g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(piece), wn))
                 o = f"/model/layers.0/attn/{name}/MatMul/output_0"
-                out.append(helper.make_node("MatMul", [nd.input[0], wn], [o], name=f"/model/layers.0/attn/{name}/MatMul"))
+                out.append(helper.make_node("MatMul", [nd.input[0], wn], [o],
+                                            name=f"/model/layers.0/attn/{name}/MatMul"))
                 outs.append(o)
-            out.append(helper.make_node("Concat", outs, [nd.output[0]], name="/model/layers.0/attn/qkv/Concat", axis=-1))
+            out.append(helper.make_node("Concat", outs, [nd.output[0]], name="/model/layers.0/attn/qkv/Concat",
+                                        axis=-1))
         elif nd.name == "/model/layers.1/mlp/gate_proj/MatMul":
             up = next(x for x in nodes if x.name == "/model/layers.1/mlp/up_proj/MatMul")
             w = np.concatenate([numpy_helper.to_array(inits[nd.input[1]]), numpy_helper.to_array(inits[up.input[1]])],
@@ -488,7 +491,8 @@ def _repack_graph(src: Path, dest: Path) -> Path:
             o = "/model/layers.1/mlp/gate_up_proj/MatMul/output_0"
             split = numpy_helper.from_array(np.array([256, 256], np.int64), "gate_up_split")
             g.initializer.append(split)
-            out.append(helper.make_node("MatMul", [nd.input[0], wn], [o], name="/model/layers.1/mlp/gate_up_proj/MatMul"))
+            out.append(helper.make_node("MatMul", [nd.input[0], wn], [o],
+                                        name="/model/layers.1/mlp/gate_up_proj/MatMul"))
             out.append(helper.make_node("Split", [o, "gate_up_split"], [nd.output[0], up.output[0]],
                                         name="/model/layers.1/mlp/gate_up/Split", axis=-1))
         elif nd.name == "/model/layers.1/mlp/up_proj/MatMul":

@@ -1,0 +1,222 @@
+// Intarsia for VS Code: starts `intarsia serve` (stdio) with vscode-languageclient.
+//
+// - Inline completions: the language client's own textDocument/inlineCompletion support (LSP 3.18). Each item
+//   carries the server's `intarsia.accept` command, which VS Code runs after the suggestion is accepted; the
+//   client forwards it to the server (workspace/executeCommand), so accepts reach the acceptance log.
+// - "Intarsia: Generate function from docstring" sends `intarsia.generateFunction` with the active editor's
+//   uri and cursor; the server answers with workspace/applyEdit, which the client applies.
+// - Settings: the "intarsia" section (same names as the server's settings) goes to the server in
+//   initializationOptions, on every change in workspace/didChangeConfiguration, and as the answer to the
+//   server's workspace/configuration request; `intarsia.server.*` (how to start it) restarts the server.
+
+import * as vscode from 'vscode';
+import {
+  DidChangeConfigurationNotification,
+  ExecuteCommandRequest,
+  LanguageClient,
+  LanguageClientOptions,
+  ServerOptions,
+  State,
+} from 'vscode-languageclient/node';
+
+import { needsRestart, serverLaunch, serverSection } from './config';
+
+const SECTION = 'intarsia';
+
+let client: LanguageClient | undefined;
+let output: vscode.LogOutputChannel;
+let statusItem: vscode.StatusBarItem;
+
+function currentServerSettings(): { [key: string]: unknown } {
+  return serverSection(vscode.workspace.getConfiguration(SECTION));
+}
+
+function createClient(): LanguageClient {
+  const { launch, problems } = serverLaunch(vscode.workspace.getConfiguration(SECTION).get('server'));
+  for (const p of problems) {
+    output.warn(p);
+  }
+  output.info(`starting ${[launch.command, ...launch.args].join(' ')}`);
+  const serverOptions: ServerOptions = {
+    command: launch.command,
+    args: launch.args,
+    options: { env: { ...process.env, ...launch.env } },
+  };
+  const clientOptions: LanguageClientOptions = {
+    // Every file and unsaved document: the server decides per language (intarsia.languages).
+    documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
+    outputChannel: output,
+    initializationOptions: () => ({ [SECTION]: currentServerSettings() }),
+    middleware: {
+      workspace: {
+        // The server pulls the "intarsia" section after initialize: answer without the client-only keys.
+        configuration: async (params, token, next) => {
+          const result = await next(params, token);
+          if (!Array.isArray(result)) {
+            return result;
+          }
+          return result.map((value, i) =>
+            params.items[i] && params.items[i].section === SECTION ? serverSection(value) : value
+          );
+        },
+      },
+    },
+  };
+  const c = new LanguageClient(SECTION, 'Intarsia', serverOptions, clientOptions);
+  c.onDidChangeState((e) => updateStatus(e.newState));
+  return c;
+}
+
+function updateStatus(state: State): void {
+  if (state === State.Running) {
+    statusItem.text = '$(sparkle) Intarsia';
+    statusItem.tooltip = 'Intarsia is running: click for its status';
+  } else if (state === State.Starting) {
+    statusItem.text = '$(sync~spin) Intarsia';
+    statusItem.tooltip = 'Intarsia is starting';
+  } else {
+    statusItem.text = '$(warning) Intarsia';
+    statusItem.tooltip = 'Intarsia is not running: see the Intarsia output; click for its status';
+  }
+  statusItem.show();
+}
+
+async function startClient(): Promise<void> {
+  client = createClient();
+  try {
+    await client.start();
+  } catch (e) {
+    const message = e instanceof Error ? e.message : String(e);
+    output.error(`the server did not start: ${message}`);
+    void vscode.window
+      .showErrorMessage(
+        `Intarsia: the language server did not start (${message}). Is \`intarsia\` installed? ` +
+          'Set intarsia.server.path to its full path.',
+        'Open Settings'
+      )
+      .then((choice) => {
+        if (choice === 'Open Settings') {
+          void vscode.commands.executeCommand('workbench.action.openSettings', 'intarsia.server');
+        }
+      });
+  }
+}
+
+async function stopClient(): Promise<void> {
+  const c = client;
+  client = undefined;
+  if (c !== undefined && c.state !== State.Stopped) {
+    await c.stop();
+  }
+}
+
+function runningClient(): LanguageClient | undefined {
+  if (client === undefined || !client.isRunning()) {
+    void vscode.window.showWarningMessage('Intarsia: the language server is not running.');
+    return undefined;
+  }
+  return client;
+}
+
+function executeServerCommand(c: LanguageClient, command: string, args: unknown[]): Promise<unknown> {
+  return c.sendRequest(ExecuteCommandRequest.type, { command, arguments: args });
+}
+
+interface GenerateResult {
+  applied?: boolean;
+  reason?: string;
+  function?: string | null;
+}
+
+async function generateFunction(): Promise<void> {
+  const editor = vscode.window.activeTextEditor;
+  if (editor === undefined) {
+    void vscode.window.showInformationMessage('Intarsia: open a file and put the cursor in a function first.');
+    return;
+  }
+  const c = runningClient();
+  if (c === undefined) {
+    return;
+  }
+  const uri = c.code2ProtocolConverter.asUri(editor.document.uri);
+  const position = c.code2ProtocolConverter.asPosition(editor.selection.active);
+  const result = (await vscode.window.withProgress(
+    { location: vscode.ProgressLocation.Window, title: 'Intarsia: generating the function body' },
+    () => executeServerCommand(c, 'intarsia.generateFunction', [{ uri, position }])
+  )) as GenerateResult | null;
+  if (!result || !result.applied) {
+    const why = (result && result.reason) || 'no answer from the server';
+    const name = result && result.function ? ` for ${result.function}` : '';
+    void vscode.window.showWarningMessage(`Intarsia: no function body${name}: ${why}`);
+  }
+}
+
+async function showStatus(): Promise<void> {
+  const c = runningClient();
+  if (c === undefined) {
+    output.show(true);
+    return;
+  }
+  const editor = vscode.window.activeTextEditor;
+  const args = editor ? [{ uri: c.code2ProtocolConverter.asUri(editor.document.uri) }] : [];
+  const st = (await executeServerCommand(c, 'intarsia.status', args)) as { [key: string]: unknown } | null;
+  output.info(`status: ${JSON.stringify(st, null, 2)}`);
+  const state = st && typeof st.state === 'string' ? st.state : 'unknown';
+  const model = st && typeof st.model === 'string' ? ` (${st.model})` : '';
+  const error = st && typeof st.error === 'string' && st.error ? `: ${st.error}` : '';
+  const choice = await vscode.window.showInformationMessage(`Intarsia: ${state}${model}${error}`, 'Show Details');
+  if (choice === 'Show Details') {
+    output.show(true);
+  }
+}
+
+async function reloadModel(): Promise<void> {
+  const c = runningClient();
+  if (c !== undefined) {
+    await executeServerCommand(c, 'intarsia.reloadModel', []);
+  }
+}
+
+async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promise<void> {
+  if (!e.affectsConfiguration(SECTION)) {
+    return;
+  }
+  if (needsRestart((s) => e.affectsConfiguration(s))) {
+    output.info('intarsia.server changed: restarting the server');
+    await stopClient();
+    await startClient();
+    return;
+  }
+  if (client !== undefined && client.isRunning()) {
+    await client.sendNotification(DidChangeConfigurationNotification.type, {
+      settings: { [SECTION]: currentServerSettings() },
+    });
+  }
+}
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  output = vscode.window.createOutputChannel('Intarsia', { log: true });
+  statusItem = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
+  statusItem.command = 'intarsia.showStatus';
+  context.subscriptions.push(
+    output,
+    statusItem,
+    vscode.commands.registerCommand('intarsia.generateFunctionFromDocstring', generateFunction),
+    vscode.commands.registerCommand('intarsia.showStatus', showStatus),
+    vscode.commands.registerCommand('intarsia.reload', reloadModel),
+    vscode.commands.registerCommand('intarsia.restartServer', async () => {
+      await stopClient();
+      await startClient();
+    }),
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      onConfigurationChanged(e).catch((err) => output.error(`settings change: ${String(err)}`));
+    }),
+    { dispose: () => void stopClient() }
+  );
+  updateStatus(State.Starting);
+  await startClient();
+}
+
+export function deactivate(): Thenable<void> | undefined {
+  return client === undefined ? undefined : stopClient();
+}

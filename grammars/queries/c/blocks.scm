@@ -1,0 +1,5 @@
+[
+  (compound_statement)
+  (field_declaration_list)
+  (enumerator_list)
+] @block

@@ -1,0 +1,6 @@
+[
+  (compound_statement)
+  (field_declaration_list)
+  (enumerator_list)
+  (declaration_list)
+] @block

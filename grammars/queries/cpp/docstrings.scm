@@ -1,0 +1,3 @@
+; Doxygen-style comments: /** ... */, /*! ... */, /// and //!.
+((comment) @docstring
+  (#match? @docstring "^(/\\*[*!]|//[/!])"))

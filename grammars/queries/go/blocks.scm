@@ -1,0 +1,4 @@
+[
+  (block)
+  (field_declaration_list)
+] @block

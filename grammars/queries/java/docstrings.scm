@@ -1,0 +1,3 @@
+; Javadoc comments (/** ... */).
+((block_comment) @docstring
+  (#match? @docstring "^/\\*\\*"))

@@ -1,0 +1,3 @@
+; JSDoc comments (/** ... */).
+((comment) @docstring
+  (#match? @docstring "^/\\*\\*"))

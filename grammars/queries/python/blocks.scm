@@ -1,0 +1,2 @@
+; Indented blocks (bodies of compound statements and their clauses).
+(block) @block

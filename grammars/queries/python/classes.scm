@@ -1,0 +1,4 @@
+; Class definitions.
+(class_definition
+  name: (identifier) @class.name
+  body: (block) @class.body) @class

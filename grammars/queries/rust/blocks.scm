@@ -1,0 +1,6 @@
+[
+  (block)
+  (declaration_list)
+  (match_block)
+  (field_declaration_list)
+] @block

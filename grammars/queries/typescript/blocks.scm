@@ -1,0 +1,7 @@
+[
+  (statement_block)
+  (class_body)
+  (interface_body)
+  (enum_body)
+  (switch_body)
+] @block

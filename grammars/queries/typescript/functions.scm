@@ -1,0 +1,16 @@
+; Functions, methods and arrow functions (TypeScript and TSX).
+(function_declaration
+  name: (identifier) @function.name
+  body: (statement_block) @function.body) @function
+(generator_function_declaration
+  name: (identifier) @function.name
+  body: (statement_block) @function.body) @function
+(function_expression
+  body: (statement_block) @function.body) @function
+(generator_function
+  body: (statement_block) @function.body) @function
+(arrow_function
+  body: (_) @function.body) @function
+(method_definition
+  name: (_) @function.name
+  body: (statement_block) @function.body) @function

