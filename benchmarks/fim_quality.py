@@ -115,6 +115,7 @@ def run_engine(kind: str, engine, problems: list[dict], task: str, max_new: int,
             "raw": res.text,
             "completion": comp,
             "stopped": res.finish_reason in (FINISH_EOS, FINISH_STOP),
+            "finish": res.finish_reason,
             "exact": exact(task, comp, prob["canonical_solution"]),
             "prompt_tokens": t.prompt_tokens,
             "reused_tokens": t.reused_tokens,
@@ -128,12 +129,48 @@ def run_engine(kind: str, engine, problems: list[dict], task: str, max_new: int,
     return out
 
 
-def score(rows: list[dict], problems: list[dict], timeout: float) -> None:
+def parses(prob: dict, middle: str) -> bool:
+    """Does prefix + middle + suffix compile as Python (the strictest in-context check: indentation too)?"""
+    import ast
+
+    try:
+        ast.parse(prob["prompt"] + middle + prob["suffix"])
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def postprocess_rows(rows: list[dict], problems: list[dict]) -> None:
+    """Add the grammar post-processed completion (what the server would show) to each row."""
+    from intarsia.grammars.postprocess import postprocess
+    from intarsia.grammars.registry import get_language
+    from intarsia.grammars.scope import completion_scope
+
+    lang = get_language("python")
     by_id = {p["task_id"]: p for p in problems}
     for r in rows:
-        res = run_program(humaneval_infilling_program(by_id[r["task_id"]], r["completion"]), timeout=timeout)
+        prob = by_id[r["task_id"]]
+        doc, off = prob["prompt"] + prob["suffix"], len(prob["prompt"])
+        scope = completion_scope(doc, off, lang, invoked=True).scope
+        res = postprocess(doc, off, r["raw"], language=lang, scope=scope, truncated=r.get("finish", "stop" if r["stopped"] else "length") == "length")
+        r["post"] = res.text
+        r["post_scope"] = scope.name
+
+
+def score(rows: list[dict], problems: list[dict], timeout: float, task: str) -> None:
+    by_id = {p["task_id"]: p for p in problems}
+    for r in rows:
+        prob = by_id[r["task_id"]]
+        res = run_program(humaneval_infilling_program(prob, r["completion"]), timeout=timeout)
         r["passed"] = res.passed
         r["status"] = res.status
+        r["raw_parses"] = parses(prob, r["raw"])
+        r["completion_parses"] = parses(prob, r["completion"])
+        if "post" in r:
+            r["post_exact"] = exact(task, r["post"], prob["canonical_solution"])
+            r["post_passed"] = run_program(humaneval_infilling_program(prob, r["post"]), timeout=timeout).passed
+            r["post_parses"] = bool(r["post"]) and parses(prob, r["post"])
+            r["raw_passed"] = run_program(humaneval_infilling_program(prob, r["raw"]), timeout=timeout).passed
 
 
 def summarize(rows: list[dict], ref_rows: list[dict] | None, task: str) -> dict:
@@ -152,6 +189,19 @@ def summarize(rows: list[dict], ref_rows: list[dict] | None, task: str) -> dict:
         "first_token_ms_median": round(1000 * statistics.median(r["first_token_s"] for r in rows), 1),
         "mean_prompt_tokens": round(statistics.mean(r["prompt_tokens"] for r in rows), 1),
     }
+    if rows and "post" in rows[0]:
+        shown = [r for r in rows if r["post"]]
+        s["raw"] = {"pass_at_1": round(100 * sum(r["raw_passed"] for r in rows) / n, 1),
+                    "parses_in_context": round(100 * sum(r["raw_parses"] for r in rows) / n, 1)}
+        s["heuristic"] = {"exact_match": s["exact_match"], "pass_at_1": s["pass_at_1"],
+                          "parses_in_context": round(100 * sum(r["completion_parses"] for r in rows) / n, 1)}
+        s["postprocessed"] = {
+            "exact_match": round(100 * sum(r["post_exact"] for r in rows) / n, 1),
+            "pass_at_1": round(100 * sum(r["post_passed"] for r in rows) / n, 1),
+            "suggestions_shown": round(100 * len(shown) / n, 1),
+            "shown_that_parse_in_context": round(100 * sum(r["post_parses"] for r in shown) / len(shown), 1)
+            if shown else None,
+        }
     if ref_rows is not None:
         ref = {r["task_id"]: r for r in ref_rows}
         key = (lambda r: first_line(r["raw"]).rstrip()) if task == "single-line" else (lambda r: r["completion"])
@@ -169,6 +219,31 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def rescore(args: argparse.Namespace) -> int:
+    old = json.loads(args.rescore.read_text())
+    problems = load_problems(old["task"], old["n"], old["seed"])
+    results = {**{k: v for k, v in old.items() if k != "engines"}, "engines": {},
+               "rescored_from": str(args.rescore)}
+    for kind, r in old["engines"].items():
+        rows = r["rows"]
+        if args.postprocess:
+            postprocess_rows(rows, problems)
+        score(rows, problems, args.timeout, old["task"])
+        results["engines"][kind] = {**r, "summary": summarize(rows, None, old["task"]), "rows": rows}
+    ref = results["engines"].get("reference")
+    if ref is not None:
+        for kind, r in results["engines"].items():
+            if kind != "reference":
+                r["summary"] = summarize(r["rows"], ref["rows"], old["task"])
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    compact = {**results, "engines": {k: {kk: vv for kk, vv in v.items() if kk != "rows"}
+                                      for k, v in results["engines"].items()}}
+    print(markdown(results), file=sys.stderr)
+    print(json.dumps(compact, indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="single-line", choices=sorted(SETS))
@@ -180,7 +255,13 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--postprocess", action="store_true",
+                    help="also score the grammar post-processed completion (grammars/), raw vs post-processed")
+    ap.add_argument("--rescore", type=Path, default=None,
+                    help="re-score the rows of an earlier --out file (no generation), e.g. with --postprocess")
     args = ap.parse_args()
+    if args.rescore:
+        return rescore(args)
 
     from intarsia.model.fim import QWEN25_CODER
 
@@ -201,7 +282,9 @@ def main() -> int:
             rows = run_engine(kind, engine, problems, args.task, args.max_new_tokens, QWEN25_CODER)
         finally:
             engine.close()
-        score(rows, problems, args.timeout)
+        if args.postprocess:
+            postprocess_rows(rows, problems)
+        score(rows, problems, args.timeout, args.task)
         summary = summarize(rows, None, args.task)
         results["engines"][kind] = {"description": desc, "size_bytes": size, "load_s": round(load_s, 1),
                                     "summary": summary, "rows": rows}

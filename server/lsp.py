@@ -500,8 +500,14 @@ def _warn(ls: IntarsiaServer, warnings: list[str]) -> None:
 
 def setup_logging(verbose: int = 0, log_file: Optional[str] = None) -> None:
     """Logs go to stderr (or a file), never stdout: stdout is the LSP channel."""
-    handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else \
-        logging.StreamHandler(sys.stderr)
+    handler: logging.Handler
+    if log_file:
+        from logging.handlers import RotatingFileHandler
+
+        # Editors keep one log per user for months: rotate at 5 MB, keep three old files.
+        handler = RotatingFileHandler(log_file, maxBytes=5 << 20, backupCount=3, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root = logging.getLogger()
     for h in list(root.handlers):

@@ -60,9 +60,9 @@ def test_runtime_adapter_matches_peft_on_real_model(sides):
     ref_adapted = HfEngine(hf_dir, adapter_dir=adapter_dir)
     try:
         for p in PROMPTS:
-            req = GenerationRequest(prompt=p, max_new_tokens=NEW, ignore_eos=True, adapter="rand")
-            a = ort.generate(req)
-            b = ref_adapted.generate(req)
+            a = ort.generate(GenerationRequest(prompt=p, max_new_tokens=NEW, ignore_eos=True, adapter="rand"))
+            # HfEngine's adapter is the peft folder it was given (adapter=None selects it).
+            b = ref_adapted.generate(GenerationRequest(prompt=p, max_new_tokens=NEW, ignore_eos=True))
             base_hf = ref_adapted.generate(GenerationRequest(prompt=p, max_new_tokens=NEW, ignore_eos=True, adapter=""))
             base_ort = ort.generate(GenerationRequest(prompt=p, max_new_tokens=NEW, ignore_eos=True, adapter=""))
             assert a.token_ids == b.token_ids, p
