@@ -11,9 +11,13 @@ Rules, in the order they apply (`PostResult.rules` lists those that changed the 
    functions), a brace closing that function's body. Outside functions, a completion that starts a
    def/class ends with it (``single-definition``). Python: statements after return/raise/continue/
    break in the same block, when nothing after them returns to an outer level, are dead
-   (``unreachable``).
+   (``unreachable``); comments dedented to the definition's level just before its end go with it.
+   Whole lines inserted before existing code: a return/raise/continue/break at the level of the next
+   line of code would make that code dead, so the completion ends before it (``dead-suffix``).
 5. ``suffix-overlap`` - the completion runs into the text after the cursor (rewrites the rest of the
-   line and/or the following lines, or repeats the blank line that follows): removed from there on.
+   line and/or the following lines, or repeats the blank line that follows), or rejoins it: one of its
+   later whole lines is one of the next two lines of code, indentation included, and specific enough
+   (not `else:` or `}`), when whole lines are inserted: removed from there on.
 6. Candidates, in order of preference: LINE scope - the first line (``scope-line``; longer only when
    one line cannot be valid); BLOCK scope and the middle of a line - the longest prefix (in the
    middle of a line the completion may end mid-line: the rest of the line continues it). Cut points:
@@ -329,7 +333,8 @@ class _Fitter:
             rules.append(cap_rule)
             notes.append({"block-end": "stopped where the completion leaves its block",
                           "single-definition": "kept one definition",
-                          "unreachable": "dropped unreachable code"}.get(cap_rule, cap_rule))
+                          "unreachable": "dropped unreachable code",
+                          "dead-suffix": "stopped before an ending that would make the code after the cursor dead"}.get(cap_rule, cap_rule))
             v = self._trim_cut(v[:cap])
             if not v.strip():
                 return PostResult("", False, "nothing left inside the block", tuple(removed), tuple(rules))
@@ -541,6 +546,11 @@ def _python_block_end(ctx: CursorContext, v: str, lines, lead: int) -> tuple[int
             break
         if def_indent is not None and info.indent == def_indent and info.head in ("def", "class", "async"):
             def_header_seen = True
+    # Whole lines inserted before existing code: a return/raise/continue/break at the level of the next
+    # line of code after the cursor would make that code dead (the model wrote its own ending).
+    dead = _dead_suffix_cut(ctx, v, logical, lead, cap, first)
+    if dead is not None:
+        cap, rule = dead, "dead-suffix"
     # Unreachable code: after return/raise/continue/break, lines at the same level up to the cap,
     # when nothing after them returns to an outer level (then all of it is dead).
     term_level: Optional[int] = None
@@ -561,7 +571,58 @@ def _python_block_end(ctx: CursorContext, v: str, lines, lead: int) -> tuple[int
             term_level = info.indent
     if term_pos is not None and term_pos > 0:
         return term_pos, "unreachable"
+    if rule == "block-end" and floor is not None:
+        # Comments dedented to the definition's level just before the block end belong to what follows.
+        for k, info in reversed(logical_and_comments(lines)):
+            pos = info.start - lead
+            if pos >= cap:
+                continue
+            if pos <= 0 or not (info.comment_only or info.blank) or (info.indent > floor and not info.blank):
+                break
+            if info.comment_only:
+                cap = pos
     return cap, rule
+
+
+def logical_and_comments(lines) -> list[tuple[int, LineInfo]]:
+    return [(k, info) for k, info in enumerate(lines) if info.logical_start or info.comment_only or info.blank]
+
+
+def _suffix_code_indent(ctx: CursorContext) -> Optional[int]:
+    """Indentation of the next line of code after the cursor when whole lines are inserted before it
+    (the cursor is in the leading whitespace of its line, or on a blank line); else None."""
+    if not ctx.before_blank or ctx.next_code < 0 or ctx.state_at_cursor.string is not None:
+        return None
+    j = ctx.next_code
+    ls = ctx.text.rfind("\n", 0, j) + 1
+    if ctx.text[ls:j].strip() or ls < ctx.line_start:
+        return None
+    return indent_width(ctx.text[ls:j])
+
+
+def _dead_suffix_cut(ctx: CursorContext, v: str, logical, lead: int, cap: int,
+                     first: Optional[LineInfo]) -> Optional[int]:
+    """Where to cut a completion whose terminator (return/raise/continue/break) at the level of the code
+    after the cursor would make that code unreachable; None when it does not."""
+    level = _suffix_code_indent(ctx)
+    if level is None:
+        return None
+    nl = ctx.text.find("\n", ctx.next_code)
+    next_line = ctx.text[ctx.next_code: len(ctx.text) if nl < 0 else nl].strip()
+    cut = None
+    for k, info in logical:
+        pos = info.start - lead
+        if pos >= cap:
+            break
+        if pos <= 0 or info is first:
+            continue
+        if cut is not None and info.indent < level:
+            cut = None  # the completion opened an outer block: the code after it is reachable again
+        if cut is None and info.head in _TERMINATORS and info.indent == level:
+            line_text = v[max(info.start - lead, 0): info.end - lead].strip()
+            if line_text != next_line:  # a repetition of the code after the cursor: suffix-overlap's case
+                cut = pos
+    return cut
 
 
 def _first_logical(ctx: CursorContext, lines) -> Optional[LineInfo]:
@@ -643,6 +704,19 @@ def _suffix_overlap(ctx: CursorContext, v: str) -> Optional[int]:
         if _lines_repeat(v[i:], s_full):
             found.append(i)
             break
+    # The completion rewrote the first lines after the cursor and rejoins the existing code: one of its
+    # later whole lines is, indentation included, one of the next few lines of code after the cursor.
+    near = set(s_full[:_REJOIN_LINES])
+    for i in v_starts:
+        if mid_line or i <= 0 or i >= len(v) or not v[:i].strip() or (found and i >= min(found)):
+            continue
+        nl = v.find("\n", i)
+        if nl < 0:
+            break  # an unfinished last line cannot be compared
+        line = v[i:nl].rstrip()
+        if line in near and (_substantial_line(line) or (line == s_full[0] and any(c.isalnum() for c in line))):
+            found.append(i)
+            break
     # The rest of the line, then whole lines.
     if rest.strip() and not ctx.at_col0:
         s_after = [x for x in s_lines[1:] if x.strip()]
@@ -658,6 +732,17 @@ def _suffix_overlap(ctx: CursorContext, v: str) -> Optional[int]:
                     break
             j = v.find(r, j + 1)
     return min(found) if found else None
+
+
+_REJOIN_LINES = 2  # lines of code after the cursor a completion may rejoin (its first line rewritten)
+_TRIVIAL_WORDS = frozenset({"else", "elif", "try", "finally", "except", "pass", "break", "continue", "return",
+                            "do", "end", "default", "None", "null", "true", "false", "True", "False"})
+
+
+def _substantial_line(line: str) -> bool:
+    """A line specific enough that seeing it twice means a repetition (not `else:`, `}`, `return`)."""
+    words = re.findall(r"[A-Za-z_][A-Za-z_0-9]*|[0-9]+", line)
+    return len(line.strip()) >= 4 and any(w not in _TRIVIAL_WORDS for w in words)
 
 
 def _blank_line_overlap(ctx: CursorContext, v: str) -> Optional[int]:
@@ -743,6 +828,7 @@ class _Validator:
         self._indent_prefix: dict[tuple[int, int, str], tuple["_IndentChecker", list]] = {}
         self._closing: dict[LexState, int] = {}  # where the suffix closes what a candidate left open
         self._pieces: list[tuple[int, int]] = []
+        self._junction_cache: dict[tuple[int, int, str], bool] = {}
 
     def check(self, t: str) -> tuple[Optional[int], str]:
         """(tier, why): tier CLEAN (no error at all where the insertion is judged), NO_NEW (only errors
@@ -758,14 +844,19 @@ class _Validator:
             if why:
                 return None, why
             clause_levels, end_state = self._shape(t)
-            win = self._extend(ctx.window_for(clause_levels), end_state)
+            win = self._extend_clauses(self._extend(ctx.window_for(clause_levels), end_state), clause_levels)
             indent_tier, why = self._indentation(t, win)
             if indent_tier is None:
                 return None, why
         tier, why = self._tree(t, win)
         if tier is None:
             return None, why
-        return max(tier, indent_tier), why
+        tier = max(tier, indent_tier)
+        if tier != CLEAN and win is not None and self._junction_broken(win):
+            # The text before the edit is broken right after the cursor: only a candidate that mends it
+            # fits (one leaving errors around would be a guess at what the code after it means).
+            return None, "the code after the cursor still does not fit"
+        return tier, why
 
     def _junction(self, t: str) -> str:
         """A candidate ending with a newline (and indentation) puts the rest of the cursor's line at a new
@@ -843,6 +934,34 @@ class _Validator:
                     end = ctx.offset + info.next_start
                     break
             self._closing[end_state] = end
+        if end <= win.end:
+            return win
+        return Window(win.start, end, win.stack0, win.whole_document or end - win.start > WINDOW_MAX_BYTES,
+                      win.head)
+
+    def _extend_clauses(self, win: Window, levels: tuple[int, ...]) -> Window:
+        """Widen the window's end over clause lines (elif/else/except/finally) after it at a level where the
+        insertion adds a clause: the insertion may leave them without a statement to belong to."""
+        ctx = self.ctx
+        if not levels or win.whole_document or win.end >= len(ctx.text):
+            return win
+        top = max(levels)
+        pos, end = win.end, win.end
+        for _ in range(_EXTEND_LINES):
+            if pos >= len(ctx.text):
+                break
+            nl = ctx.text.find("\n", pos)
+            line_end = len(ctx.text) if nl < 0 else nl + 1
+            line = ctx.text[pos:line_end]
+            code = line.strip()
+            if code and not code.startswith("#"):
+                width = indent_width(leading_ws(line))
+                if width <= top:
+                    m = _WORD_RE.match(code)
+                    if width not in levels or m is None or m.group() not in _CLAUSE_HEADS:
+                        break
+                    end = line_end
+            pos = line_end
         if end <= win.end:
             return win
         return Window(win.start, end, win.stack0, win.whole_document or end - win.start > WINDOW_MAX_BYTES,
@@ -939,6 +1058,9 @@ class _Validator:
             old_errors = old_state[2] if eof else old_state[1]
         old = Counter(old_errors)
         ins, tl = len(lead), len(t)
+        # An old error on the line of code the insertion runs into (a body line waiting for its header,
+        # say) is the insertion's to fix: leaving it in place is not a suggestion that fits.
+        junction_end = self._junction_line_end() - split
         for kind, pos in new:
             if pos < ins:
                 mapped = pos
@@ -946,11 +1068,59 @@ class _Validator:
                 mapped = pos - tl
             else:
                 return None, kind
+            if ins <= mapped < junction_end:
+                return None, kind + " on the line after the cursor"
             if old[(kind, mapped)] > 0:
                 old[(kind, mapped)] -= 1
                 continue
             return None, kind
         return NO_NEW, "only indentation errors already in the document"
+
+    def _junction_broken(self, win: Window) -> bool:
+        """Does the unedited text have an indentation error on the line of code after the cursor?"""
+        key = (win.start, win.end, win.head)
+        hit = self._junction_cache.get(key)
+        if hit is None:
+            ctx = self.ctx
+            checker = _IndentChecker(ctx.lexer, win.stack0)
+            checker.feed(ctx.text[win.start:win.end])
+            lo, hi = ctx.offset - win.start, self._junction_line_end() - win.start
+            hit = any(lo <= pos < hi for _, pos in checker.finish(win.end >= len(ctx.text)))
+            if not hit and not win.whole_document:
+                # A syntax error of the unedited window starting at the cursor's line (a header still
+                # waiting for its block, say) or on the line of code after it.
+                before = win.head + ctx.text[win.start:ctx.offset]
+                old = self._old_tree_errors.get(key)
+                if old is None:
+                    old = self._old_tree_errors[key] = _collect_errors(
+                        ctx.parser.parse(encode(before + ctx.text[ctx.offset:win.end])).root_node)
+                ins_b = utf8_len(before)
+                line_b = ins_b - utf8_len(ctx.line_before)
+                end_b = ins_b + utf8_len(ctx.text[ctx.offset:self._junction_line_end()])
+                head_b = utf8_len(win.head)
+                hit = any(a >= head_b and a <= end_b and b >= line_b - 1 for _, a, b in old)
+            self._junction_cache[key] = hit
+        return hit
+
+    def _junction_line_end(self) -> int:
+        """End (str index) of the code right after the cursor: the next line with code, or the rest of the
+        cursor's line and the line with code after it."""
+        ctx = self.ctx
+        j = ctx.next_code if ctx.next_code >= 0 else ctx.offset
+        end = ctx.text.find("\n", j)
+        if end < 0:
+            return len(ctx.text)
+        if j < ctx.line_end:
+            # Code after the cursor on its own line: the line after it is part of the junction too (an
+            # insertion in the middle of a line decides how that line is indented or continued).
+            nxt = end + 1
+            while nxt < len(ctx.text):
+                e = ctx.text.find("\n", nxt)
+                e = len(ctx.text) if e < 0 else e
+                if ctx.text[nxt:e].strip():
+                    return e
+                nxt = e + 1
+        return end
 
     def _suffix_piece(self, k: int) -> Optional[tuple[int, int]]:
         """The k-th piece of the text after the cursor, cut at line ends into pieces of growing size

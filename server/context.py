@@ -326,7 +326,12 @@ def list_files(root: Path, *, max_files: int = MAX_FILES) -> list[str]:
                               capture_output=True, timeout=20)
         if proc.returncode == 0:
             rels = [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
-            return [r for r in dict.fromkeys(rels) if not skip_path(r)][:max_files]
+            # A folder that an enclosing repository ignores (a virtualenv, site-packages under a git-installed
+            # tool) lists nothing: walk it instead.
+            ignored = not rels and subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."],
+                                                  capture_output=True, timeout=20).returncode == 0
+            if not ignored:
+                return [r for r in dict.fromkeys(rels) if not skip_path(r)][:max_files]
     except (OSError, subprocess.TimeoutExpired):
         pass
     patterns = _gitignore_patterns(root)

@@ -49,8 +49,10 @@ _CHARS_PER_TOKEN_MAX = 8
 # The start of the prompt's prefix moves in steps of this many lines, so that consecutive prompts share their
 # beginning (the engines reuse the KV cache of the common token prefix).
 PREFIX_LINE_QUANTUM = 32
-# The suffix is recomputed on every keystroke (it follows the cursor in the prompt): keep it short.
+# The suffix is recomputed on every keystroke (it follows the cursor in the prompt): keep it short, shorter still
+# on a CPU, where re-reading 256 tokens takes longer than the keystroke budget.
 SUFFIX_MAX_TOKENS = 256
+SUFFIX_MAX_TOKENS_CPU = 64
 
 
 class PositionError(ValueError):
@@ -331,6 +333,7 @@ class PipelineOptions:
     multiline: str = "auto"
     prompt_budget_tokens: int = 2048
     context_budget_tokens: int = 512
+    suffix_budget_tokens: int = SUFFIX_MAX_TOKENS
     repo_name: Optional[str] = None
     adapter: Optional[str] = None
 
@@ -358,6 +361,7 @@ class CompletionOutcome:
     finish_reason: str = ""
     timings: StageTimings = StageTimings()
     prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV cache the engine kept from the previous request
     new_tokens: int = 0
     context_files: tuple[str, ...] = ()
     rules: tuple[str, ...] = ()
@@ -366,7 +370,8 @@ class CompletionOutcome:
 
     def to_json(self) -> dict:
         return {"text": self.text, "reason": self.reason, "scope": self.scope, "finish_reason": self.finish_reason,
-                "timings": self.timings.to_json(), "prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens,
+                "timings": self.timings.to_json(), "prompt_tokens": self.prompt_tokens,
+                "reused_tokens": self.reused_tokens, "new_tokens": self.new_tokens,
                 "context_files": list(self.context_files), "rules": list(self.rules), "cancelled": self.cancelled}
 
 
@@ -500,10 +505,11 @@ def _count_cached(count: Callable[[str], int], text: str) -> int:
 
 def build_prompt(fmt: FimFormat, count: Callable[[str], int], text: str, offset: int, *, budget: int,
                  context_files: Sequence[RepoFile] = (), path: Optional[str] = None,
-                 repo_name: Optional[str] = None, prefix_head: str = "", suffix_tail: str = "") -> PromptParts:
+                 repo_name: Optional[str] = None, prefix_head: str = "", suffix_tail: str = "",
+                 suffix_max: int = SUFFIX_MAX_TOKENS) -> PromptParts:
     """The FIM prompt for `text` at `offset`: repository context and as much of the file as `budget` allows.
 
-    What is left after the context goes to the prefix, except a quarter (at most `SUFFIX_MAX_TOKENS`) for the
+    What is left after the context goes to the prefix, except a quarter (at most `suffix_max`) for the
     suffix: with prefix-suffix-middle prompts every keystroke changes the prompt at the cursor, so the whole
     suffix is recomputed each time, while the prefix comes from the KV cache. `prefix_head` and `suffix_tail`
     are appended to the prefix / prepended to the suffix as they are (generateFunction). `prompt_tokens` is an
@@ -516,11 +522,11 @@ def build_prompt(fmt: FimFormat, count: Callable[[str], int], text: str, offset:
         base = fmt.render(prefix_head, suffix_tail, repo_name=repo_name, context_files=files, path=path)
         base_tokens = _count_cached(count, base)
     left = max(budget - base_tokens, 16)
-    suffix_budget = min(left // 4, SUFFIX_MAX_TOKENS)
+    suffix_budget = min(left // 4, suffix_max)
     pstart = _fit_prefix(text, offset, left - suffix_budget, count)
     prefix_tokens = count(text[pstart:offset])
     if pstart == 0:  # the whole prefix fits: what it leaves over may go to the suffix (still capped)
-        suffix_budget = min(left - prefix_tokens, SUFFIX_MAX_TOKENS)
+        suffix_budget = min(left - prefix_tokens, suffix_max)
     send = _fit_suffix(text, offset, suffix_budget, count)
     prefix = text[pstart:offset] + prefix_head
     suffix = suffix_tail + text[offset:send]
@@ -568,10 +574,11 @@ class _EarlyStop:
 def _log_outcome(snapshot: Snapshot, out: CompletionOutcome) -> None:
     t = out.timings
     log.info(
-        "completion %s@%d v%d: %s; scope %s, context %.1f ms (%d files), prompt %.1f ms (%d tokens), engine %.1f ms "
-        "(first token %.1f ms, %d tokens, %s), post %.1f ms, total %.1f ms, %d chars",
+        "completion %s@%d v%d: %s; scope %s, context %.1f ms (%d files), prompt %.1f ms (%d tokens, %d reused), "
+        "engine %.1f ms (first token %.1f ms, %d tokens, %s), post %.1f ms, total %.1f ms, %d chars",
         snapshot.path or snapshot.uri, snapshot.offset, snapshot.version, out.reason, out.scope, t.context_ms,
-        len(out.context_files), t.prompt_ms, out.prompt_tokens, t.engine_ms, t.first_token_ms, out.new_tokens,
+        len(out.context_files), t.prompt_ms, out.prompt_tokens, out.reused_tokens, t.engine_ms, t.first_token_ms,
+        out.new_tokens,
         out.finish_reason or "-", t.post_ms, t.total_ms, len(out.text))
 
 
@@ -607,7 +614,8 @@ def run_completion(
             log.warning("repository context failed", exc_info=True)
     t_ctx = time.perf_counter()
     parts = build_prompt(fim_format, count, snapshot.text, snapshot.offset, budget=options.prompt_budget_tokens,
-                         context_files=files, path=snapshot.path, repo_name=options.repo_name)
+                         context_files=files, path=snapshot.path, repo_name=options.repo_name,
+                         suffix_max=options.suffix_budget_tokens)
     t_prompt = time.perf_counter()
 
     ls = snapshot.text.rfind("\n", 0, snapshot.offset) + 1
@@ -663,6 +671,7 @@ def run_completion(
         timings=StageTimings(**timings_common, engine_ms=(t_eng - t_prompt) * 1000, first_token_ms=first_ms,
                              post_ms=(t_post - t_eng) * 1000, total_ms=(t_post - t0) * 1000),
         prompt_tokens=res.timings.prompt_tokens or parts.prompt_tokens,
+        reused_tokens=res.timings.reused_tokens,
         new_tokens=res.timings.new_tokens,
         context_files=parts.context_files,
         rules=tuple(post.rules),

@@ -18,6 +18,8 @@ previous (or default) value, it never fails the request.
     multiline             "auto" (the grammar decides) | "always" (blocks where a line would do) | "never"
     promptBudgetTokens    tokens for the whole prompt: repository context + current file (256..32768)
     contextBudgetTokens   tokens of it for snippets of other files (0 disables repository context)
+    suffixBudgetTokens    tokens of text after the cursor in the prompt (recomputed on every keystroke);
+                          null: 64 when the model runs on a CPU, 256 otherwise
     languages             LSP language ids to complete in: a list (empty = all) or {"*": true, "markdown": false}
     triggerCharacters     characters that trigger the textDocument/completion fallback (read at initialize)
     maxDocumentBytes      larger documents get no completions
@@ -58,6 +60,7 @@ class Settings:
     multiline: str = "auto"
     prompt_budget_tokens: int = 2048
     context_budget_tokens: int = 512
+    suffix_budget_tokens: Optional[int] = None
     # Empty: every language. Otherwise the enabled LSP language ids ("*" enables all but `languages_disabled`).
     languages: tuple[str, ...] = ()
     languages_disabled: tuple[str, ...] = ()
@@ -196,6 +199,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "multiline": _choice(MULTILINE),
     "prompt_budget_tokens": _int_range(256, 32768),
     "context_budget_tokens": _int_range(0, 16384),
+    "suffix_budget_tokens": _int_range(0, 8192, optional=True),
     "trigger_characters": _triggers,
     "max_document_bytes": _int_range(1024, 1 << 30),
     "acceptance_log": _bool,

@@ -371,9 +371,15 @@ class Session:
 
     def options(self) -> pipeline.PipelineOptions:
         s = self.settings
+        suffix = s.suffix_budget_tokens
+        if suffix is None:  # auto: short on a CPU, where the suffix is re-read on every keystroke
+            engine = self.loaded.engine if self.loaded is not None else None
+            on_cpu = getattr(engine, "provider", None) == "cpu"
+            suffix = pipeline.SUFFIX_MAX_TOKENS_CPU if on_cpu else pipeline.SUFFIX_MAX_TOKENS
         return pipeline.PipelineOptions(max_tokens=s.max_tokens, multiline=s.multiline,
                                         prompt_budget_tokens=s.prompt_budget_tokens,
-                                        context_budget_tokens=s.context_budget_tokens, repo_name=self.repo_name)
+                                        context_budget_tokens=s.context_budget_tokens, suffix_budget_tokens=suffix,
+                                        repo_name=self.repo_name)
 
     # ---- documents ------------------------------------------------------------------------------------------
 

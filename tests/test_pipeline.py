@@ -173,6 +173,20 @@ def test_suffix_is_capped_for_latency():
     assert _count(text[parts.prefix_start:off]) > 4 * P.SUFFIX_MAX_TOKENS
 
 
+def test_suffix_cap_is_an_option_and_short_on_cpu():
+    text = "".join(f"v{i} = {i}\n" for i in range(2000))
+    off = text.index("v1000 ")
+    parts = P.build_prompt(QWEN25_CODER, _count, text, off, budget=8000, suffix_max=P.SUFFIX_MAX_TOKENS_CPU)
+    n = _count(text[off:parts.suffix_end])
+    assert P.SUFFIX_MAX_TOKENS_CPU // 2 < n <= P.SUFFIX_MAX_TOKENS_CPU
+    from intarsia.server.settings import parse_settings
+
+    s, w = parse_settings({"suffixBudgetTokens": 32})
+    assert s.suffix_budget_tokens == 32 and not w
+    s, w = parse_settings({"suffixBudgetTokens": -1})
+    assert s.suffix_budget_tokens is None and "suffixBudgetTokens" in w[0]
+
+
 def test_prompt_start_is_stable_while_typing_nearby():
     text = "".join(f"line_{i} = {i}\n" for i in range(500))
     starts = set()

@@ -449,3 +449,67 @@ def test_multi_line_infill_at_the_end_of_the_function():
     scope = completion_scope(text, off, PY).scope
     r = postprocess(text, off, middle + "\n\nif __name__ == '__main__':\n    print(1)\n", language=PY, scope=scope)
     assert r.text == middle
+
+
+# -- inserting lines before existing code (the infilling benchmarks' shape) ----------------------------------
+
+
+def test_completion_rejoining_the_code_after_a_rewritten_first_line_is_cut():
+    # The model replaced "break" with its own line, then rewrote the existing lines after it.
+    marked = ("def f(d):\n    for key in d:\n        if not isinstance(key, str):\n|"
+              "            break\n        if key.isupper():\n            return 1\n    return 0\n")
+    r = run(marked, "            return 0\n        if key.isupper():\n            return 1\n    return 0\n")
+    assert r.valid and r.text == "            return 0\n"
+    assert "suffix-overlap" in r.rules
+
+
+def test_rejoining_needs_a_specific_line():
+    # "else:" is no evidence of a repetition: the two-line completion stays.
+    marked = "def f(x):\n    if x:\n|        y = 1\n    else:\n        y = 2\n    return y\n"
+    r = run(marked, "        x += 1\n    else:\n        x = 0\n")
+    assert "suffix-overlap" not in r.rules
+
+
+def test_ending_that_would_make_the_code_after_the_cursor_dead_is_cut():
+    marked = "def f(x, y):\n    if y % 2 == 0:\n|    if x == y:\n        return -1\n    return y - 1\n"
+    r = run(marked, "        return y\n    return x - 1\n")
+    assert r.valid and r.text == "        return y\n"
+    assert "dead-suffix" in r.rules
+
+
+def test_a_return_repeating_the_next_line_is_overlap_not_dead_code():
+    r = run("def f(x):\n    y = x\n|    return y\n", "    y += 1\n    return y\n")
+    assert r.text == "    y += 1\n" and "suffix-overlap" in r.rules and "dead-suffix" not in r.rules
+
+
+def test_a_return_in_a_nested_block_keeps_the_code_after_it_alive():
+    marked = "def f(xs):\n    t = 0\n|    return t\n"
+    r = run(marked, "    for x in xs:\n        if x < 0:\n            return -1\n        t += x\n")
+    assert r.text == "    for x in xs:\n        if x < 0:\n            return -1\n        t += x\n"
+    assert "dead-suffix" not in r.rules
+
+
+def test_body_line_waiting_for_its_header_must_be_mended():
+    # The line after the cursor is indented as a body: a suggestion that leaves it "unexpected" does not fit.
+    marked = "def f(s):\n    n = len(s)\n|        return False\n    return n > 1\n"
+    r = run(marked, "    return True\n")
+    assert r.text == "" and not r.valid
+    r = run(marked, "    if n < 2:\n")
+    assert r.valid and r.text == "    if n < 2:\n"
+
+
+def test_clause_after_the_window_is_checked_with_an_inserted_else():
+    # An inserted else: would leave the existing "elif" after it without its if statement.
+    marked = ("def f(v):\n    num = float(v)\n|        if num > 0:\n            r = 1\n        else:\n"
+              "            r = 2\n    elif v:\n        r = 3\n    else:\n        r = 0\n    return r\n")
+    r = run(marked, "    if num > 0:\n        return 1\n    else:\n")
+    text, off = at(marked)
+    if r.text:
+        import ast
+        ast.parse(text[:off] + r.text + text[off:])
+
+
+def test_comment_dedented_to_the_definition_before_the_block_end_is_dropped():
+    marked = "def f(x):\n    if x:\n|    return x\n"
+    r = run(marked, "        x += 1\n\n# Test cases\nprint(f(1))\n")
+    assert r.text == "        x += 1\n"

@@ -206,6 +206,9 @@ def test_valid_canonical_middles_survive(data):
     mid_lines = [x.rstrip() for x in middle.splitlines() if x.strip()]
     suf_lines = [x.rstrip() for x in suffix.splitlines() if x.strip()]
     assume(not suf_lines or suf_lines[0] not in mid_lines)
+    # A later line of the middle equal to the second line after it is ambiguous with a model that
+    # rewrote the first line after the cursor and rejoins the existing code (that is cut too).
+    assume(len(suf_lines) < 2 or suf_lines[1] not in mid_lines[1:])
     # Likewise a middle ending with a blank line right before another blank line.
     assume(not (middle.splitlines()[-1].strip() == "" and suffix[:1] in ("\n", " ", "\t")))
     # Block-end rules stop a completion at the end of the definition it is in (and keep one new

@@ -215,3 +215,15 @@ def test_query_terms_use_the_lines_around_the_cursor():
     text = "".join(f"far_{i} = 1\n" for i in range(100)) + "near_term = 2\n"
     q = query_terms(text, len(text))
     assert "near" in q and "far_0" not in q
+
+
+def test_a_folder_ignored_by_an_enclosing_repository_is_walked(tmp_path):
+    # e.g. site-packages inside a git-installed tool, or a virtualenv inside a project that ignores it.
+    outer = tmp_path / "outer"
+    (outer / "venv" / "pkg").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(outer)], check=True)
+    (outer / ".gitignore").write_text("venv/\n")
+    (outer / "venv" / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
+    (outer / "venv" / "pkg" / "util.py").write_text("X = 1\n")
+    assert sorted(list_files(outer / "venv" / "pkg")) == ["mod.py", "util.py"]
+    assert list_files(outer) == [".gitignore"]

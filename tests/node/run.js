@@ -44,38 +44,7 @@ const TABLE = {
   'def area(points):\n    """Area of a polygon."""\n    ': 'return polygon_area(points)\n',
 };
 
-const results = [];
-
-function check(name, ok, detail) {
-  results.push({ name, ok: !!ok });
-  const line = `${ok ? 'ok' : 'not ok'} ${results.length} - ${name}`;
-  console.log(ok ? line : `${line}\n    ${typeof detail === 'string' ? detail : JSON.stringify(detail)}`);
-  return !!ok;
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-function serverCommand() {
-  const raw = process.env.INTARSIA_SERVER_CMD;
-  if (!raw) return ['intarsia', 'serve'];
-  const cmd = JSON.parse(raw);
-  if (!Array.isArray(cmd) || cmd.length === 0 || !cmd.every((x) => typeof x === 'string')) {
-    throw new Error(`INTARSIA_SERVER_CMD must be a JSON array of strings, got ${raw}`);
-  }
-  return cmd;
-}
+const { results, check, sleep, withTimeout, serverCommand } = require('./lib');
 
 async function main() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'intarsia-node-ws-'));
