@@ -61,6 +61,7 @@ MAX_CHECKS = 12  # validity checks per completion variant
 # before; only old errors re-recovered away from the edit.
 CLEAN, NO_NEW, RELAXED = 0, 1, 2
 _EXTRA_CHECKS = 4  # checks spent looking for a CLEAN candidate after a NO_NEW/RELAXED one
+_JUNCTION_LINE, _JUNCTION_STRUCTURE = 1, 2  # how the text before an edit is broken at the cursor
 _EXTEND_LINES = 60  # how far after the cursor a bracket left open by a candidate may be closed
 _SUFFIX_LOOKAHEAD = 4000  # characters of the suffix compared for overlap
 _CLOSING_PUNCT = set(")]}>\"'`;:,")
@@ -828,7 +829,7 @@ class _Validator:
         self._indent_prefix: dict[tuple[int, int, str], tuple["_IndentChecker", list]] = {}
         self._closing: dict[LexState, int] = {}  # where the suffix closes what a candidate left open
         self._pieces: list[tuple[int, int]] = []
-        self._junction_cache: dict[tuple[int, int, str], bool] = {}
+        self._junction_cache: dict[tuple[int, int, str], int] = {}
 
     def check(self, t: str) -> tuple[Optional[int], str]:
         """(tier, why): tier CLEAN (no error at all where the insertion is judged), NO_NEW (only errors
@@ -852,11 +853,24 @@ class _Validator:
         if tier is None:
             return None, why
         tier = max(tier, indent_tier)
-        if tier != CLEAN and win is not None and self._junction_broken(win):
-            # The text before the edit is broken right after the cursor: only a candidate that mends it
-            # fits (one leaving errors around would be a guess at what the code after it means).
+        junction = self._junction_broken(win) if tier != CLEAN and win is not None else 0
+        if junction == _JUNCTION_STRUCTURE or (junction == _JUNCTION_LINE and not self._mended(t, win)):
+            # The text before the edit is broken at the cursor: only a candidate that mends it fits (one
+            # leaving the error in place would be a guess at what the code around it means).
             return None, "the code after the cursor still does not fit"
         return tier, why
+
+    def _mended(self, t: str, win: Window) -> bool:
+        """With `t` inserted, no syntax error reaches the cursor's line (nor the end of the line before it)."""
+        ctx = self.ctx
+        if win.whole_document:
+            return False
+        before = win.head + ctx.text[win.start:ctx.offset]
+        new = _collect_errors(ctx.parser.parse(encode(before + t + ctx.text[ctx.offset:win.end])).root_node)
+        ins_b = utf8_len(before)
+        line_b = ins_b - utf8_len(ctx.line_before)
+        end_b = ins_b + utf8_len(t) + utf8_len(ctx.rest_line)
+        return not any(a <= end_b and b >= line_b - 1 for _, a, b in new)
 
     def _junction(self, t: str) -> str:
         """A candidate ending with a newline (and indentation) puts the rest of the cursor's line at a new
@@ -1076,8 +1090,11 @@ class _Validator:
             return None, kind
         return NO_NEW, "only indentation errors already in the document"
 
-    def _junction_broken(self, win: Window) -> bool:
-        """Does the unedited text have an indentation error on the line of code after the cursor?"""
+    def _junction_broken(self, win: Window) -> int:
+        """How the unedited text is broken at the cursor: 0 not at all; _JUNCTION_LINE a syntax error on the
+        cursor's line (the insertion must leave none there: `_mended`); _JUNCTION_STRUCTURE an indentation
+        error on the line of code after the cursor, or a header before the cursor still waiting for its block
+        (only a candidate leaving no error at all fits)."""
         key = (win.start, win.end, win.head)
         hit = self._junction_cache.get(key)
         if hit is None:
@@ -1085,10 +1102,9 @@ class _Validator:
             checker = _IndentChecker(ctx.lexer, win.stack0)
             checker.feed(ctx.text[win.start:win.end])
             lo, hi = ctx.offset - win.start, self._junction_line_end() - win.start
-            hit = any(lo <= pos < hi for _, pos in checker.finish(win.end >= len(ctx.text)))
+            hit = _JUNCTION_STRUCTURE if any(lo <= pos < hi for _, pos in checker.finish(win.end >= len(ctx.text))) \
+                else 0
             if not hit and not win.whole_document:
-                # A syntax error of the unedited window starting at the cursor's line (a header still
-                # waiting for its block, say) or on the line of code after it.
                 before = win.head + ctx.text[win.start:ctx.offset]
                 old = self._old_tree_errors.get(key)
                 if old is None:
@@ -1096,9 +1112,13 @@ class _Validator:
                         ctx.parser.parse(encode(before + ctx.text[ctx.offset:win.end])).root_node)
                 ins_b = utf8_len(before)
                 line_b = ins_b - utf8_len(ctx.line_before)
-                end_b = ins_b + utf8_len(ctx.text[ctx.offset:self._junction_line_end()])
+                end_b = ins_b + utf8_len(ctx.rest_line)  # the cursor's line (another broken line is not ours)
                 head_b = utf8_len(win.head)
-                hit = any(a >= head_b and a <= end_b and b >= line_b - 1 for _, a, b in old)
+                on_line = [(kind, a_, b_) for kind, a_, b_ in old if head_b <= a_ <= end_b and b_ >= line_b - 1]
+                if any(kind != "error" and a_ == b_ and line_b - 1 <= a_ <= line_b for kind, a_, b_ in on_line):
+                    hit = _JUNCTION_STRUCTURE  # an empty (missing) block right before the cursor's line
+                elif on_line:
+                    hit = _JUNCTION_LINE
             self._junction_cache[key] = hit
         return hit
 

@@ -94,15 +94,30 @@ def test_neovim_plugin_end_to_end(tmp_path):
         "native": False,
         "timeout_ms": 60000,
     }
+    report, rc, explain = run_headless(nvim, config, ws, tmp_path, cache=tmp_path / "cache", timeout=120)
+
+    assert report is not None, "the Lua test wrote no result:\n" + explain()
+    failed = [c["name"] for c in report["checks"] if not c["ok"]]
+    assert not failed, f"failed checks: {failed}\n" + explain()
+    assert report["done"], "the Lua test did not run to its end\n" + explain()
+    assert rc == 0, explain()
+    assert len(report["checks"]) >= 20, explain()
+    assert report["stats"]["accepted"] >= 4 and report["stats"]["partial"] == 1, report["stats"]
+
+
+def run_headless(nvim: str, config: dict, ws: Path, tmp_path: Path, *, cache: Path, timeout: float):
+    """Run a Lua test script (config["run"]) in headless Neovim with the plugin; (report, exit status, explain())
+    where report is the script's JSON result (None if it wrote none) and explain() a failure description."""
     xdg = {name: str(tmp_path / "xdg" / name.lower()) for name in
            ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")}
-    env = {**os.environ, **xdg, "INTARSIA_NVIM_TEST": json.dumps(config), "INTARSIA_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, **xdg, "INTARSIA_NVIM_TEST": json.dumps(config), "INTARSIA_CACHE": str(cache)}
     try:
         proc = subprocess.run([nvim, "--headless", "--clean", "-u", str(NVIM_DIR / "test" / "minimal_init.lua")],
-                              cwd=ws, env=env, capture_output=True, text=True, timeout=120)
+                              cwd=ws, env=env, capture_output=True, text=True, timeout=timeout)
         rc, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
-        rc, out = None, f"Neovim did not exit within 120 s: {e.stdout!r} {e.stderr!r}"
+        rc, out = None, f"Neovim did not exit within {timeout:.0f} s: {e.stdout!r} {e.stderr!r}"
+    result = Path(config["result_file"])
     report = json.loads(result.read_text()) if result.exists() else None
     log = tmp_path / "xdg" / "xdg_state_home" / "nvim" / "intarsia.log"
 
@@ -116,10 +131,4 @@ def test_neovim_plugin_end_to_end(tmp_path):
             lines.append("server log (tail):\n" + log.read_text(errors="replace")[-3000:])
         return "\n".join(lines)
 
-    assert report is not None, "the Lua test wrote no result:\n" + explain()
-    failed = [c["name"] for c in report["checks"] if not c["ok"]]
-    assert not failed, f"failed checks: {failed}\n" + explain()
-    assert report["done"], "the Lua test did not run to its end\n" + explain()
-    assert rc == 0, explain()
-    assert len(report["checks"]) >= 20, explain()
-    assert report["stats"]["accepted"] >= 4 and report["stats"]["partial"] == 1, report["stats"]
+    return report, rc, explain

@@ -15,10 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from lsprotocol import types as t
 
 from test_editors_node import NODE_DIR, SERVER, node_tools, npm_ci
-from test_editors_nvim import NVIM_DIR, find_nvim
+from test_editors_nvim import NVIM_DIR, find_nvim, run_headless
 from test_server_lsp import command, inline, open_doc, running_server, wait_ready
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -103,22 +102,9 @@ def test_neovim_plugin_with_the_real_model(model_cache, tmp_path):
         "native": False,
         "timeout_ms": 780000,
     }
-    xdg = {name: str(tmp_path / "xdg" / name.lower()) for name in
-           ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")}
-    env = {**os.environ, **xdg, "INTARSIA_NVIM_TEST": json.dumps(config), "INTARSIA_CACHE": str(model_cache)}
-    try:
-        proc = subprocess.run([nvim, "--headless", "--clean", "-u", str(NVIM_DIR / "test" / "minimal_init.lua")],
-                              cwd=ws, env=env, capture_output=True, text=True, timeout=840)
-        rc, out = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out = None, f"Neovim did not exit in time: {e.stdout!r} {e.stderr!r}"
-    report = json.loads(result.read_text()) if result.exists() else None
-    log = tmp_path / "xdg" / "xdg_state_home" / "nvim" / "intarsia.log"
-    detail = f"exit status {rc}\n{out[-3000:]}\n{json.dumps(report, indent=1)[-4000:] if report else 'no report'}"
-    if log.exists():
-        detail += "\nserver log (tail):\n" + log.read_text(errors="replace")[-3000:]
-    assert report is not None and report["done"], detail
-    assert all(c["ok"] for c in report["checks"]) and rc == 0, detail
+    report, rc, explain = run_headless(nvim, config, ws, tmp_path, cache=model_cache, timeout=840)
+    assert report is not None and report["done"], explain()
+    assert all(c["ok"] for c in report["checks"]) and rc == 0, explain()
     final = (ws / "main.py").read_text()
     ast.parse(final)
     assert "fibonacci(n" in final.split("return", 2)[-1] and "def rectangle_area" in final, final

@@ -34,4 +34,23 @@ function serverCommand() {
   return cmd;
 }
 
-module.exports = { results, check, sleep, withTimeout, serverCommand };
+/** Start the server (INTARSIA_SERVER_CMD) in `cwd` with a JSON-RPC connection over its stdio (not listening yet). */
+function spawnServer(cwd) {
+  const cp = require('child_process');
+  const { createProtocolConnection, StreamMessageReader, StreamMessageWriter } = require('vscode-languageserver-protocol/node');
+  const [cmd, ...args] = serverCommand();
+  const child = cp.spawn(cmd, args, { cwd, stdio: ['pipe', 'pipe', 'pipe'], env: process.env });
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d.toString();
+    if (stderr.length > 200000) stderr = stderr.slice(-100000);
+  });
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  child.on('error', (e) => {
+    console.log(`not ok - could not start ${cmd}: ${e.message}`);
+  });
+  const conn = createProtocolConnection(new StreamMessageReader(child.stdout), new StreamMessageWriter(child.stdin));
+  return { child, conn, exited, stderr: () => stderr };
+}
+
+module.exports = { results, check, sleep, withTimeout, serverCommand, spawnServer };

@@ -11,15 +11,11 @@
 // every check passed.
 'use strict';
 
-const cp = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { pathToFileURL } = require('url');
 const {
-  createProtocolConnection,
-  StreamMessageReader,
-  StreamMessageWriter,
   InitializeRequest,
   InitializedNotification,
   InlineCompletionRequest,
@@ -32,7 +28,7 @@ const {
   ShutdownRequest,
   ExitNotification,
 } = require('vscode-languageserver-protocol/node');
-const { results, check, sleep, withTimeout, serverCommand } = require('./lib');
+const { results, check, sleep, withTimeout, spawnServer } = require('./lib');
 
 const TIMEOUT_MS = Number(process.env.INTARSIA_NODE_TEST_TIMEOUT_MS || 600000);
 const FIB = 'def fibonacci(n):\n    if n < 2:\n        return n\n    return \n';
@@ -41,15 +37,7 @@ const AREA = 'def rectangle_area(width, height):\n    """Return the area of a wi
 async function main() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'intarsia-node-real-'));
   const settings = { engine: 'ort', debounceMs: 0 };
-  const [cmd, ...args] = serverCommand();
-  const child = cp.spawn(cmd, args, { cwd: root, stdio: ['pipe', 'pipe', 'pipe'], env: process.env });
-  let stderr = '';
-  child.stderr.on('data', (d) => {
-    stderr += d.toString();
-    if (stderr.length > 200000) stderr = stderr.slice(-100000);
-  });
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  const conn = createProtocolConnection(new StreamMessageReader(child.stdout), new StreamMessageWriter(child.stdin));
+  const { conn, exited, stderr: serverStderr } = spawnServer(root);
   const applied = [];
   conn.onNotification('$/progress', () => {});
   conn.onNotification('window/showMessage', () => {});
@@ -137,7 +125,7 @@ async function main() {
   }
   const failed = results.filter((r) => !r.ok);
   if (failed.length) {
-    console.log('--- server stderr (tail) ---\n' + stderr.slice(-4000));
+    console.log('--- server stderr (tail) ---\n' + serverStderr().slice(-4000));
     console.log(`FAIL: ${failed.length} of ${results.length} checks failed`);
     return 1;
   }

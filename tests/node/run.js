@@ -10,15 +10,11 @@
 // Prints one line per check and a verdict; exits 0 when every check passed, 1 otherwise.
 'use strict';
 
-const cp = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { pathToFileURL } = require('url');
 const {
-  createProtocolConnection,
-  StreamMessageReader,
-  StreamMessageWriter,
   InitializeRequest,
   InitializedNotification,
   InlineCompletionRequest,
@@ -44,7 +40,7 @@ const TABLE = {
   'def area(points):\n    """Area of a polygon."""\n    ': 'return polygon_area(points)\n',
 };
 
-const { results, check, sleep, withTimeout, serverCommand } = require('./lib');
+const { results, check, sleep, withTimeout, spawnServer } = require('./lib');
 
 async function main() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'intarsia-node-ws-'));
@@ -52,19 +48,7 @@ async function main() {
   const rootUri = pathToFileURL(root).href;
   const settings = { engine: 'test', debounceMs: 0, test: { table: TABLE } };
 
-  const [cmd, ...args] = serverCommand();
-  const child = cp.spawn(cmd, args, { cwd: root, stdio: ['pipe', 'pipe', 'pipe'], env: process.env });
-  let stderr = '';
-  child.stderr.on('data', (d) => {
-    stderr += d.toString();
-    if (stderr.length > 200000) stderr = stderr.slice(-100000);
-  });
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  child.on('error', (e) => {
-    console.log(`not ok - could not start ${cmd}: ${e.message}`);
-  });
-
-  const conn = createProtocolConnection(new StreamMessageReader(child.stdout), new StreamMessageWriter(child.stdin));
+  const { conn, exited, stderr: serverStderr } = spawnServer(root);
   const shown = [];
   const logged = [];
   const applied = [];
@@ -252,7 +236,7 @@ async function main() {
   }
   const failed = results.filter((r) => !r.ok);
   if (failed.length) {
-    console.log('--- server stderr (tail) ---\n' + stderr.slice(-4000));
+    console.log('--- server stderr (tail) ---\n' + serverStderr().slice(-4000));
     console.log(`FAIL: ${failed.length} of ${results.length} checks failed`);
     return 1;
   }
