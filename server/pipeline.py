@@ -52,7 +52,7 @@ PREFIX_LINE_QUANTUM = 32
 # The suffix is recomputed on every keystroke (it follows the cursor in the prompt): keep it short, shorter still
 # on a CPU, where re-reading 256 tokens takes longer than the keystroke budget.
 SUFFIX_MAX_TOKENS = 256
-SUFFIX_MAX_TOKENS_CPU = 64
+SUFFIX_MAX_TOKENS_CPU = 48
 
 
 class PositionError(ValueError):

@@ -19,7 +19,7 @@ previous (or default) value, it never fails the request.
     promptBudgetTokens    tokens for the whole prompt: repository context + current file (256..32768)
     contextBudgetTokens   tokens of it for snippets of other files (0 disables repository context)
     suffixBudgetTokens    tokens of text after the cursor in the prompt (recomputed on every keystroke);
-                          null: 64 when the model runs on a CPU, 256 otherwise
+                          null: 48 when the model runs on a CPU, 256 otherwise
     languages             LSP language ids to complete in: a list (empty = all) or {"*": true, "markdown": false}
     triggerCharacters     characters that trigger the textDocument/completion fallback (read at initialize)
     maxDocumentBytes      larger documents get no completions

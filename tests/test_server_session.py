@@ -265,3 +265,19 @@ async def test_failed_load_is_reported_once(tmp_path, cache_dir):
     s.did_open(URI, "python", 1, SRC)
     assert await s.complete(URI, 1, 11, invoked=True) is None
     await s.shutdown()
+
+
+async def test_suffix_budget_is_short_on_a_cpu_engine_unless_set(tmp_path, cache_dir):
+    from intarsia.server import pipeline
+
+    s = _session(tmp_path)
+    await _ready(s)
+    assert s.options().suffix_budget_tokens == pipeline.SUFFIX_MAX_TOKENS  # the test engine runs on no CPU provider
+    s.loaded.engine.provider = "cpu"  # what OrtEngine reports on a CPU
+    assert s.options().suffix_budget_tokens == pipeline.SUFFIX_MAX_TOKENS_CPU
+    s2 = _session(tmp_path, suffixBudgetTokens=100)
+    await _ready(s2)
+    s2.loaded.engine.provider = "cpu"
+    assert s2.options().suffix_budget_tokens == 100
+    await s.shutdown()
+    await s2.shutdown()
