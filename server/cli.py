@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -232,7 +231,7 @@ DOCTOR_SAMPLE = (
 def cmd_doctor(args: argparse.Namespace) -> int:
     import onnxruntime
 
-    from intarsia.model.build import BuildOptions, check_fim, find_built
+    from intarsia.model.build import check_fim, find_built
     from intarsia.model.engine import GenerationRequest
     from intarsia.model.fetch import verify
     from intarsia.model.registry import resolve_source
