@@ -53,4 +53,35 @@ function spawnServer(cwd) {
   return { child, conn, exited, stderr: () => stderr };
 }
 
-module.exports = { results, check, sleep, withTimeout, serverCommand, spawnServer };
+/** Print the verdict (and the server's stderr tail on failure); the exit status for it. */
+function verdict(serverStderr) {
+  const failed = results.filter((r) => !r.ok);
+  if (failed.length) {
+    console.log('--- server stderr (tail) ---\n' + serverStderr().slice(-4000));
+    console.log(`FAIL: ${failed.length} of ${results.length} checks failed`);
+    return 1;
+  }
+  console.log(`PASS: all ${results.length} checks passed`);
+  return 0;
+}
+
+/** Run `main` (resolving to an exit status) under a watchdog of `timeoutMs`, then exit the process. */
+function runMain(main, timeoutMs) {
+  const watchdog = setTimeout(() => {
+    console.log(`FAIL: the test did not finish within ${timeoutMs} ms`);
+    process.exit(1);
+  }, timeoutMs);
+  main().then(
+    (code) => {
+      clearTimeout(watchdog);
+      process.exit(code);
+    },
+    (e) => {
+      clearTimeout(watchdog);
+      console.log(`FAIL: ${e && e.stack}`);
+      process.exit(1);
+    }
+  );
+}
+
+module.exports = { results, check, sleep, withTimeout, serverCommand, spawnServer, verdict, runMain };

@@ -28,7 +28,7 @@ const {
   ShutdownRequest,
   ExitNotification,
 } = require('vscode-languageserver-protocol/node');
-const { results, check, sleep, withTimeout, spawnServer } = require('./lib');
+const { check, sleep, withTimeout, spawnServer, verdict, runMain } = require('./lib');
 
 const TIMEOUT_MS = Number(process.env.INTARSIA_NODE_TEST_TIMEOUT_MS || 600000);
 const FIB = 'def fibonacci(n):\n    if n < 2:\n        return n\n    return \n';
@@ -123,29 +123,7 @@ async function main() {
     conn.dispose();
     fs.rmSync(root, { recursive: true, force: true });
   }
-  const failed = results.filter((r) => !r.ok);
-  if (failed.length) {
-    console.log('--- server stderr (tail) ---\n' + serverStderr().slice(-4000));
-    console.log(`FAIL: ${failed.length} of ${results.length} checks failed`);
-    return 1;
-  }
-  console.log(`PASS: all ${results.length} checks passed`);
-  return 0;
+  return verdict(serverStderr);
 }
 
-const watchdog = setTimeout(() => {
-  console.log(`FAIL: the test did not finish within ${TIMEOUT_MS} ms`);
-  process.exit(1);
-}, TIMEOUT_MS);
-
-main().then(
-  (code) => {
-    clearTimeout(watchdog);
-    process.exit(code);
-  },
-  (e) => {
-    clearTimeout(watchdog);
-    console.log(`FAIL: ${e && e.stack}`);
-    process.exit(1);
-  }
-);
+runMain(main, TIMEOUT_MS);

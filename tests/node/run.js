@@ -40,7 +40,7 @@ const TABLE = {
   'def area(points):\n    """Area of a polygon."""\n    ': 'return polygon_area(points)\n',
 };
 
-const { results, check, sleep, withTimeout, spawnServer } = require('./lib');
+const { check, sleep, withTimeout, spawnServer, verdict, runMain } = require('./lib');
 
 async function main() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'intarsia-node-ws-'));
@@ -234,29 +234,7 @@ async function main() {
     conn.dispose();
     fs.rmSync(root, { recursive: true, force: true });
   }
-  const failed = results.filter((r) => !r.ok);
-  if (failed.length) {
-    console.log('--- server stderr (tail) ---\n' + serverStderr().slice(-4000));
-    console.log(`FAIL: ${failed.length} of ${results.length} checks failed`);
-    return 1;
-  }
-  console.log(`PASS: all ${results.length} checks passed`);
-  return 0;
+  return verdict(serverStderr);
 }
 
-const watchdog = setTimeout(() => {
-  console.log(`FAIL: the test did not finish within ${TIMEOUT_MS} ms`);
-  process.exit(1);
-}, TIMEOUT_MS);
-
-main().then(
-  (code) => {
-    clearTimeout(watchdog);
-    process.exit(code);
-  },
-  (e) => {
-    clearTimeout(watchdog);
-    console.log(`FAIL: ${e && e.stack}`);
-    process.exit(1);
-  }
-);
+runMain(main, TIMEOUT_MS);
