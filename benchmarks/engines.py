@@ -10,6 +10,9 @@ same count). For each engine, in its own subprocess (so peak RSS is its own):
 
     python benchmarks/engines.py [--engines ort-exact,transformers,llama.cpp] [--model NAME] [--threads 2]
 
+`ort-exact-lora` is the served engine with a rank-16 run-time LoRA adapter on all seven projections (what a
+workspace trained with `intarsia train` is served with), to compare with `ort-exact`.
+
 Prints one JSON object on stdout.
 """
 
@@ -61,6 +64,28 @@ def edited(prompt: str, share: float) -> str:
     return prompt[:cut] + "    # edited here\n" + prompt[cut:]
 
 
+def _random_adapter(hf_dir: Path, model_dir: Path, rank: int = 16) -> Path:
+    """A peft LoRA of `rank` on every projection (random A and B, so it really changes the output), exported as
+    an ONNX Runtime adapter into a temporary folder."""
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from intarsia.model.lora import LORA_TARGETS, export_adapter
+
+    tmp = Path(tempfile.mkdtemp(prefix="intarsia-lora-bench-"))
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32),
+                           LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,
+                                      target_modules=list(LORA_TARGETS)))
+    model.save_pretrained(str(tmp / "peft"))
+    del model
+    export_adapter(tmp / "peft", model_dir, tmp / "bench.onnx_adapter")
+    return tmp / "bench.onnx_adapter"
+
+
 def one(kind: str, model: str | None, threads: int, new_tokens: int) -> dict:
     from intarsia.model.build import BuildOptions, build, hf_folder_for, resolve_gguf
     from intarsia.model.engine import GenerationRequest
@@ -70,7 +95,15 @@ def one(kind: str, model: str | None, threads: int, new_tokens: int) -> dict:
     src = resolve_source(model)
     gguf = resolve_gguf(src, progress=False)
     t0 = time.perf_counter()
-    if kind.startswith("ort-"):
+    if kind == "ort-exact-lora":
+        # The served path with a trained adapter: a rank-16 LoRA on all seven projections, applied at run time.
+        from intarsia.model.ort_engine import OrtEngine
+
+        built = build(src, BuildOptions(), progress=False)
+        adapter = _random_adapter(hf_folder_for(src, gguf, progress=False), built.path)
+        t0 = time.perf_counter()
+        engine = OrtEngine(built.path, threads=threads, adapters={"lora": adapter}, default_adapter="lora")
+    elif kind.startswith("ort-"):
         from intarsia.model.ort_engine import OrtEngine
 
         precision = kind.split("-", 1)[1]

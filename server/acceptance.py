@@ -6,12 +6,13 @@ machine). Each line is one event, written with a single `write` on a file opened
     {"event": "shown", "id", "t", "path", "language", "chars", "lines", "scope", "source", "latency_ms"}
     {"event": "accepted", "id", "t", "chars"}
     {"event": "partial", "id", "t", "chars", "of"}              (part of a suggestion accepted)
-    {"event": "retained", "id", "t", "after_s", "similarity"}   (the accepted text, still in the code?)
+    {"event": "retained", "id", "t", "after_s", "similarity", "text"}   (the accepted text, still in the code?)
 
 `similarity` is 1 - (edit distance between the accepted text and the closest stretch of the document around
 where it was inserted) / (accepted length): 1.0 when it is still there unchanged, 0 when it is gone.
 `intarsia stats` summarizes the logs: acceptance rate, partial accepts, how much survives after 30 s and
-5 min; with matplotlib installed it also draws a PNG chart.
+5 min; with matplotlib installed it also draws a PNG chart. `text` (the accepted text, when it is mostly still
+there) lets `intarsia train` learn from accepted suggestions that stayed in the code.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_COMPARE_CHARS = 400  # the accepted text compared for retention (its start)
 REGION_SLACK = 400  # characters around the insertion searched for it
+RETAINED_TEXT_SIMILARITY = 0.9  # the accepted text is logged with a retention this close (training data)
 
 
 def workspaces_dir() -> Path:
@@ -209,7 +211,8 @@ class AcceptanceTracker:
             self.log.write("retained", id=anchor.id, after_s=after_s, similarity=None)
             return None
         sim = similarity(anchor.text, text, anchor.offset)
-        self.log.write("retained", id=anchor.id, after_s=after_s, similarity=round(sim, 3))
+        extra = {"text": anchor.text} if sim >= RETAINED_TEXT_SIMILARITY else {}
+        self.log.write("retained", id=anchor.id, after_s=after_s, similarity=round(sim, 3), **extra)
         return sim
 
     def done(self, anchor: Anchor) -> None:

@@ -304,6 +304,142 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _train_options(args: argparse.Namespace):
+    from intarsia.training.examples import RenderOptions
+    from intarsia.training.run import TrainOptions
+    from intarsia.training.trainer import TrainConfig
+
+    cfg = TrainConfig(rank=args.rank, alpha=args.alpha if args.alpha is not None else 2 * args.rank,
+                      learning_rate=args.lr, epochs=args.epochs, max_steps=args.max_steps,
+                      batch_tokens=args.batch_tokens, context_length=args.context_length, seed=args.seed,
+                      save_every=args.save_every,
+                      gradient_checkpointing={"auto": None, "on": True, "off": False}[args.gradient_checkpointing])
+    render = RenderOptions(prompt_tokens=min(args.prompt_tokens, args.context_length),
+                           context_tokens=args.context_tokens)
+    return TrainOptions(base=args.base, device=args.device, held_out=args.held_out,
+                        recent_commits=args.recent_commits, seed=args.seed, max_examples=args.max_examples,
+                        eval_next_line=args.eval_next_line, eval_fim=args.eval_fim, render=render, config=cfg,
+                        promote=not args.no_promote, use_acceptance_log=not args.no_acceptance_log,
+                        progress=not args.quiet)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from intarsia.training.run import dry_run, train_repository
+
+    opts = _train_options(args)
+    repo = Path(args.repo)
+    if args.dry_run:
+        report = dry_run(repo, opts)
+        if args.json:
+            print(json.dumps(report, indent=1))
+            return 0
+        print(f"repository: {report['repo']}")
+        print(f"files: {report['files']} kept, {report['train_files']} to train on, "
+              f"{report['held_out_files']} held out")
+        print(f"examples: {report['examples']} " + json.dumps(report["examples_by_kind"]))
+        print(f"accepted suggestions used: {report['accepted_examples']}; lines with masked secrets: "
+              f"{report['masked_secret_lines']}")
+        print(f"skipped: {sum(report['skipped'].values())} " + json.dumps(report["skipped"]))
+        for row in report["skipped_files"][: args.show_skipped]:
+            print(f"  skip {row['path']}: {row['reason']}")
+        return 0
+    command = "intarsia train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else f"intarsia train {repo}"
+    report = train_repository(repo, opts, command=command)
+    if "scores" not in report:  # a non-main process of a multi-process run
+        return 0
+    slim = {k: v for k, v in report.items() if k != "rows"}
+    if args.json:
+        print(json.dumps(slim, indent=1, default=str))
+    else:
+        d = report["decision"]
+        for name, sc in report["scores"].items():
+            a = sc["all"] or {}
+            print(f"{name:8s} exact match {a.get('exact_match')}  edit similarity {a.get('edit_similarity')}  "
+                  f"shown {a.get('shown')}  (n={a.get('samples')})")
+        print(f"perplexity: {report.get('perplexity')}")
+        print(f"{report['version']}: {'promoted' if d['promoted'] else 'not promoted'} ({d['why']})")
+        print(f"report: {report['version_dir']}/report.md")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from intarsia.training.run import evaluate_repository
+
+    opts = _train_options(args)
+    report = evaluate_repository(Path(args.repo), base=args.base, adapter=args.adapter, options=opts)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _store(args: argparse.Namespace):
+    from intarsia.model.registry import resolve_source
+    from intarsia.model.trained import AdapterStore
+
+    repo = Path(args.repo).expanduser()
+    if not repo.is_dir():
+        raise IntarsiaError(f"{repo} is not a folder")
+    return AdapterStore(repo, resolve_source(args.base).cache_name)
+
+
+def cmd_model_versions(args: argparse.Namespace) -> int:
+    store = _store(args)
+    cur = store.current()
+    rows = store.versions()
+    if not rows:
+        print(f"no trained adapters for {store.workspace} ({store.base_key})")
+        return 0
+    for v in rows:
+        sc = (v.manifest.get("scores") or {}).get("adapted", {}).get("all") or {}
+        mark = "*" if cur is not None and cur.name == v.name else " "
+        print(f"{mark} {v.name}  {v.manifest.get('created', '?')}  exact match {sc.get('exact_match', '-')}  "
+              f"{'promoted' if v.promoted else 'not promoted'}: {(v.manifest.get('decision') or {}).get('why', '')}")
+    return 0
+
+
+def cmd_model_rollback(args: argparse.Namespace) -> int:
+    store = _store(args)
+    prev = store.rollback()
+    print(f"serving {'trained adapter ' + prev.name if prev else 'the base model'} for {store.workspace}")
+    return 0
+
+
+def cmd_model_promote(args: argparse.Namespace) -> int:
+    store = _store(args)
+    v = store.promote(args.version)
+    print(f"serving trained adapter {v.name} for {store.workspace}")
+    return 0
+
+
+def _add_train_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo", help="the repository (a git work tree or a plain folder); it is only read")
+    p.add_argument("--base", default=None, help="base model: registry name, .gguf, or Hugging Face folder")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--held-out", type=float, default=0.1, help="share of files held out for evaluation")
+    p.add_argument("--recent-commits", type=int, default=0,
+                   help="also hold out the files changed by the newest N commits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=0, help="optimizer steps (0: one pass over the data)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=int, default=None, help="LoRA alpha (default: 2 × rank)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per optimizer step")
+    p.add_argument("--context-length", type=int, default=1024, help="longest packed training sequence")
+    p.add_argument("--prompt-tokens", type=int, default=1024, help="prompt budget (as the server's)")
+    p.add_argument("--context-tokens", type=int, default=256, help="repository context budget (as the server's)")
+    p.add_argument("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (resumable)")
+    p.add_argument("--max-examples", type=int, default=0, help="sample at most N training examples (0: all)")
+    p.add_argument("--eval-next-line", type=int, default=40, help="next-line samples from held-out files")
+    p.add_argument("--eval-fim", type=int, default=20, help="FIM samples from held-out files")
+    p.add_argument("--no-promote", action="store_true", help="evaluate and store, but do not promote")
+    p.add_argument("--no-acceptance-log", action="store_true", help="do not learn from accepted suggestions")
+    p.add_argument("--json", action="store_true")
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -343,6 +479,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("model_pos", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model_info)
+    for name, func, hlp in (("versions", cmd_model_versions, "trained adapters of a workspace (* = served)"),
+                            ("rollback", cmd_model_rollback, "serve the previously promoted adapter again"),
+                            ("promote", cmd_model_promote, "serve a given trained version")):
+        p = msub.add_parser(name, help=hlp)
+        p.add_argument("repo", help="the workspace folder the adapters were trained on")
+        if name == "promote":
+            p.add_argument("version", help="a version name such as v0002")
+        p.add_argument("--base", default=None, help="base model (default: qwen2.5-coder-0.5b)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("train", help="fine-tune a LoRA adapter on a repository, evaluate it, promote it if better")
+    _add_train_opts(p)
+    p.add_argument("--dry-run", action="store_true", help="only show what would be trained on")
+    p.add_argument("--show-skipped", type=int, default=20, help="skipped files listed by --dry-run")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="base vs trained adapter on a repository's held-out files")
+    _add_train_opts(p)
+    p.add_argument("--adapter", default="current", help="current | none | vNNNN | PEFT_FOLDER")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("complete", help="print the completion at a position of a file")
     p.add_argument("file")

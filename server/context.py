@@ -317,9 +317,12 @@ def skip_path(rel: str) -> bool:
     return any(name.endswith(s) for s in SKIP_SUFFIXES)
 
 
-def list_files(root: Path, *, max_files: int = MAX_FILES) -> list[str]:
+def list_files(root: Path, *, max_files: int = MAX_FILES, filtered: bool = True) -> list[str]:
     """Workspace-relative paths worth indexing: `git ls-files` (tracked and untracked, not ignored) in a git
-    repository, else a walk honouring the top-level .gitignore."""
+    repository, else a walk honouring the top-level .gitignore. `filtered=False` keeps vendored folders and
+    data files (`skip_path`) so that a caller can say why it skips them (training's crawl); a walk then lists a
+    vendored or hidden folder as one entry ending with '/' instead of walking it."""
+    keep = (lambda rel: not skip_path(rel)) if filtered else (lambda rel: True)
     root = Path(root)
     try:
         proc = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -331,7 +334,7 @@ def list_files(root: Path, *, max_files: int = MAX_FILES) -> list[str]:
             ignored = not rels and subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."],
                                                   capture_output=True, timeout=20).returncode == 0
             if not ignored:
-                return [r for r in dict.fromkeys(rels) if not skip_path(r)][:max_files]
+                return [r for r in dict.fromkeys(rels) if keep(r)][:max_files]
     except (OSError, subprocess.TimeoutExpired):
         pass
     patterns = _gitignore_patterns(root)
@@ -339,11 +342,19 @@ def list_files(root: Path, *, max_files: int = MAX_FILES) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        dirnames[:] = sorted(d for d in dirnames if d not in VENDORED_DIRS and not d.startswith(".")
-                             and not _ignored(rel_dir + d, True, patterns))
+        kept = []
+        for d in sorted(dirnames):
+            if _ignored(rel_dir + d, True, patterns) or d in (".git", ".hg", ".svn"):
+                continue
+            if d in VENDORED_DIRS or d.startswith("."):
+                if not filtered:  # reported as a folder (trailing '/'), never walked
+                    out.append(rel_dir + d + "/")
+                continue
+            kept.append(d)
+        dirnames[:] = kept
         for f in sorted(filenames):
             rel = rel_dir + f
-            if skip_path(rel) or _ignored(rel, False, patterns):
+            if not keep(rel) or _ignored(rel, False, patterns):
                 continue
             out.append(rel)
             if len(out) >= max_files:

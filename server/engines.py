@@ -19,7 +19,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from intarsia.model.engine import (
     FINISH_CANCELLED,
@@ -52,6 +52,12 @@ class LoadedEngine:
     fim_format: FimFormat
     description: str
     model_path: Optional[str] = None
+    # The workspace's trained adapters (model.trained.AdapterStore) when the engine serves them, the version
+    # served now and the pointer stamp it was read at: the session swaps adapters when the stamp changes.
+    store: Any = None
+    trained_version: Optional[str] = None
+    trained_stamp: Any = None
+    build_key: str = ""
 
 
 # ------------------------------------------------------------------------------------------------ test engine
@@ -214,14 +220,15 @@ def _progress(progress: Optional[Progress], message: str, pct: Optional[int] = N
 
 
 def load_engine(settings: Settings, *, progress: Optional[Progress] = None,
-                cancel: Optional[threading.Event] = None) -> LoadedEngine:
-    """Load the engine of `settings` (blocking: call it from a worker thread)."""
+                cancel: Optional[threading.Event] = None, workspace: Optional[str] = None) -> LoadedEngine:
+    """Load the engine of `settings` (blocking: call it from a worker thread). With a `workspace`, the ORT
+    engine also serves the adapter `intarsia train` promoted for it (setting trainedAdapter)."""
     if settings.engine == "test":
         return _load_test(settings, progress, cancel)
     if settings.engine == "remote":
         return _load_remote(settings, progress)
     if settings.engine == "ort":
-        return _load_ort(settings, progress)
+        return _load_ort(settings, progress, workspace)
     raise IntarsiaError(f"unknown engine '{settings.engine}' (choose ort, remote or test)")
 
 
@@ -261,7 +268,37 @@ def _build_command(settings: Settings, name: str) -> str:
     return cmd
 
 
-def _load_ort(settings: Settings, progress: Optional[Progress]) -> LoadedEngine:
+def trained_adapter_name(version: str) -> str:
+    return f"trained-{version}"
+
+
+def swap_trained_adapter(loaded: LoadedEngine) -> Optional[str]:
+    """Serve the workspace's promoted adapter now (call on the model thread, between two requests): load the
+    new one, make it the default, unload the old one. Returns the version served (None: the base model)."""
+    from intarsia.model.trained import onnx_adapter_for
+
+    store = loaded.store
+    stamp = store.stamp()
+    version = store.current()
+    engine = loaded.engine
+    old = loaded.trained_version
+    new = version.name if version is not None else None
+    if new != old:
+        if version is not None:
+            path = onnx_adapter_for(version, Path(loaded.model_path), loaded.build_key)
+            engine.load_adapter(trained_adapter_name(new), path)
+            engine.default_adapter = trained_adapter_name(new)
+        else:
+            engine.default_adapter = None
+        if old is not None and trained_adapter_name(old) in engine.adapter_names:
+            engine.unload_adapter(trained_adapter_name(old))
+        log.info("trained adapter for %s: %s -> %s", store.workspace, old or "base model", new or "base model")
+    loaded.trained_version = new
+    loaded.trained_stamp = stamp
+    return new
+
+
+def _load_ort(settings: Settings, progress: Optional[Progress], workspace: Optional[str] = None) -> LoadedEngine:
     from intarsia.model.build import BuildOptions, check_fim, find_built
     from intarsia.model.registry import resolve_source
 
@@ -289,9 +326,22 @@ def _load_ort(settings: Settings, progress: Optional[Progress]) -> LoadedEngine:
         _progress(progress, "preparing the adapter", 20)
         adapters["settings"] = _adapter_file(Path(settings.adapter).expanduser(), built.path)
         default_adapter = "settings"
+    store = None
+    if not settings.adapter and settings.trained_adapter and workspace:
+        from intarsia.model.trained import AdapterStore
+
+        store = AdapterStore(workspace, src.cache_name)
     _progress(progress, f"loading {src.name}", 30)
     engine = OrtEngine(built.path, provider=settings.device, threads=settings.threads, adapters=adapters,
                        default_adapter=default_adapter)
+    loaded = LoadedEngine(engine, fmt, "", str(built.path), store=store,
+                          build_key=built.manifest.get("build_key", "model"))
+    if store is not None:
+        try:
+            swap_trained_adapter(loaded)
+        except IntarsiaError as e:  # a broken trained adapter must not cost the base model
+            log.warning("cannot serve the trained adapter of %s: %s", workspace, e)
+            loaded.trained_stamp = store.stamp()
     try:
         _progress(progress, "warming up", 80)
         warm = fmt.render("def f(", ")\n")
@@ -301,7 +351,8 @@ def _load_ort(settings: Settings, progress: Optional[Progress]) -> LoadedEngine:
         raise
     _progress(progress, "ready", 100)
     desc = f"{src.name} ({built.manifest.get('precision', '?')}, {getattr(engine, 'provider', settings.device)})"
-    return LoadedEngine(engine, fmt, desc, str(built.path))
+    loaded.description = desc
+    return loaded
 
 
 __all__ = ["LoadedEngine", "TestEngine", "load_engine", "RAISE_MARKER"]

@@ -10,6 +10,8 @@ previous (or default) value, it never fails the request.
     device                "auto" | "cpu" | "cuda"           execution provider of the ORT engine
     threads               intra-op threads (CPU); null: every core this process may use
     adapter               LoRA adapter: an .onnx_adapter file or a peft folder; null: none
+    trainedAdapter        serve the adapter that `intarsia train` promoted for this workspace (default true;
+                          an explicit `adapter` wins); a new promotion or a rollback is picked up between requests
     remoteEndpoint        OpenAI-compatible server URL (engine "remote")
     remoteModel           model name sent to the remote server
     fimFormat             override the fill-in-the-middle format (default: from the model)
@@ -41,7 +43,8 @@ DEVICES = ("auto", "cpu", "cuda")
 MULTILINE = ("auto", "always", "never")
 
 # Settings whose change needs the engine to be loaded again.
-ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "adapter", "remote_endpoint", "remote_model",
+ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "adapter", "trained_adapter", "remote_endpoint",
+                           "remote_model",
                            "fim_format", "test_table", "test_token_delay_ms", "test_load_delay_ms"})
 
 
@@ -52,6 +55,7 @@ class Settings:
     device: str = "auto"
     threads: Optional[int] = None
     adapter: Optional[str] = None
+    trained_adapter: bool = True
     remote_endpoint: Optional[str] = None
     remote_model: Optional[str] = None
     fim_format: Optional[str] = None
@@ -191,6 +195,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "device": _choice(DEVICES),
     "threads": _int_range(1, 1024, optional=True),
     "adapter": _opt_str,
+    "trained_adapter": _bool,
     "remote_endpoint": _opt_str,
     "remote_model": _opt_str,
     "fim_format": _opt_str,

@@ -40,10 +40,12 @@ from . import pipeline
 from .acceptance import AcceptanceLog, AcceptanceTracker, Anchor
 from .cache import TypedAheadCache
 from .context import ContextProvider, RepoIndex
-from .engines import LoadedEngine, load_engine
+from .engines import LoadedEngine, load_engine, swap_trained_adapter
 from .settings import Settings, parse_settings
 
 log = logging.getLogger(__name__)
+
+TRAINED_CHECK_SECONDS = 1.0  # how often a request may look for a newly promoted trained adapter
 
 
 # ------------------------------------------------------------------------------------------------ executor
@@ -261,6 +263,8 @@ class Session:
         self._timers: set[asyncio.TimerHandle] = set()
         self._index_cancel = threading.Event()
         self._closed = False
+        self._trained_checked = 0.0
+        self._swap_job: Optional[Job] = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
 
@@ -300,7 +304,7 @@ class Session:
             old, self.loaded = self.loaded, None
             if old is not None:
                 old.engine.close()
-            return load_engine(settings, progress=progress, cancel=cancel)
+            return load_engine(settings, progress=progress, cancel=cancel, workspace=self.root)
 
         t0 = time.perf_counter()
         job = self.worker.submit("__load__", work)
@@ -330,6 +334,42 @@ class Session:
         self.ui.progress_end(token, "failed")
         log.error("cannot load the engine: %s", message)
         self.show_once("error", f"Intarsia: {message}")
+
+    def check_trained_adapter(self, *, force: bool = False) -> Optional[Job]:
+        """Swap to the adapter `intarsia train` promoted (or rolled back to) for this workspace, if it changed.
+
+        One stat of the store's pointer, at most once a second; the swap itself runs on the model thread between
+        two requests (load the new adapter, make it the default, unload the old one), so no request is dropped
+        and none sees half a swap. Suggestions cached from the old adapter are forgotten."""
+        loaded = self.loaded
+        if loaded is None or loaded.store is None or self.engine_state != "ready":
+            return None
+        now = time.monotonic()
+        if not force and now - self._trained_checked < TRAINED_CHECK_SECONDS:
+            return None
+        self._trained_checked = now
+        if self._swap_job is not None and not self._swap_job.future.done():
+            return self._swap_job
+        if loaded.store.stamp() == loaded.trained_stamp:
+            return None
+        loop = self._loop
+
+        def work(cancel: threading.Event) -> Optional[str]:
+            return swap_trained_adapter(loaded)
+
+        def done(fut: concurrent.futures.Future) -> None:
+            exc = fut.exception() if not fut.cancelled() else None
+            if exc is not None:
+                loaded.trained_stamp = loaded.store.stamp()  # do not retry a broken adapter on every request
+                log.warning("cannot swap to the newly promoted adapter: %s", exc)
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self.cache.clear)
+
+        job = self.worker.submit("__adapter__", work, replace=False)
+        job.future.add_done_callback(done)
+        self._swap_job = job
+        self.cache.clear()
+        return job
 
     def show_once(self, level: str, message: str) -> None:
         if message in self._shown_errors:
@@ -538,6 +578,7 @@ class Session:
             return None
         seq = self._seq[uri] = self._seq.get(uri, 0) + 1
         version, text = doc.version, doc.text
+        self.check_trained_adapter()
 
         hit = self.cache.lookup(uri, text, offset)
         if hit is not None:
@@ -743,6 +784,7 @@ class Session:
             "model": loaded.description if loaded else None,
             "model_path": loaded.model_path if loaded else None,
             "fim_format": loaded.fim_format.name if loaded else None,
+            "trained_adapter": loaded.trained_version if loaded else None,
             "encoding": self.encoding,
             "root": self.root,
             "documents": len(self.documents),

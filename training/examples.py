@@ -1,0 +1,333 @@
+"""Training and evaluation examples from crawled files: tree-sitter spans, random spans, docstring → body.
+
+An `Example` is a document cut in three: the text before the gap, the gap (`middle`) and the text after it. Kinds:
+
+- `function-body`, `block`, `statement`, `arguments`: a node chosen with the language's tree-sitter queries
+  (`grammars/queries/<lang>/*.scm`) or its argument-list node type; the gap is the node's exact text;
+- `line-rest`: the rest of a line of code from a random column on;
+- `random`: a random character span;
+- `docstring`: signature and docstring given, the rest of the body is the gap, cut exactly as
+  `intarsia.generateFunction` cuts it (`server.pipeline.find_function_target`);
+- `accepted`: a suggestion the server's acceptance log says was accepted and is still in the file.
+
+`render_example` turns an example into the prompt the server would send for it: the same FIM format, the same
+prompt budget split (`server.pipeline.build_prompt`) and the same repository context (`ContextProvider` over the
+other training files). Training text is prompt + middle + the format's end token, so the model learns to stop.
+
+Files are split into train and held-out by a hash of their path (deterministic; optionally the files touched by
+the newest commits are held out too); examples never mix the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import tree_sitter
+
+from intarsia.grammars.registry import Language, get_language
+from intarsia.model.fim import FimFormat, RepoFile
+
+from .crawl import SourceFile
+
+KINDS = ("function-body", "block", "statement", "arguments", "line-rest", "random", "docstring", "accepted")
+# Share of the spans per file drawn from each kind (docstring and accepted examples come on top).
+KIND_WEIGHTS = {"function-body": 0.12, "block": 0.13, "statement": 0.3, "arguments": 0.1, "line-rest": 0.2,
+                "random": 0.15}
+MAX_MIDDLE_CHARS = 1200
+ARGUMENT_TYPES = frozenset({"argument_list", "arguments", "parameters", "formal_parameters", "parameter_list"})
+
+
+@dataclass(frozen=True)
+class Example:
+    path: str
+    kind: str
+    prefix: str
+    middle: str
+    suffix: str
+    node_type: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.middle + self.suffix
+
+    def key(self) -> str:
+        return hashlib.sha256(f"{self.path}\0{len(self.prefix)}\0{self.middle}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- split
+
+
+def _unit(seed: int, rel: str) -> float:
+    return int(hashlib.sha256(f"{seed}:{rel}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def split_files(files: Sequence[SourceFile], *, held_out: float = 0.1, seed: int = 0,
+                recent: Iterable[str] = ()) -> tuple[list[SourceFile], list[SourceFile]]:
+    """(train, held-out): held out when a hash of (seed, path) falls under `held_out`, or the path is in `recent`.
+    With two files or more, each side gets at least one."""
+    recent = set(recent)
+    ranked = sorted(files, key=lambda f: _unit(seed, f.rel))
+    held = [f for f in ranked if f.rel in recent or _unit(seed, f.rel) < held_out]
+    if not held and len(ranked) >= 2 and held_out > 0:
+        held = [ranked[0]]
+    if len(held) == len(ranked) and len(ranked) >= 2:
+        held = held[:-1]
+    held_set = {f.rel for f in held}
+    train = [f for f in files if f.rel not in held_set]
+    return train, [f for f in files if f.rel in held_set]
+
+
+# ---------------------------------------------------------------------------------------------- spans
+
+
+class _Doc:
+    def __init__(self, f: SourceFile, language: Language):
+        self.file = f
+        self.text = f.text
+        self.data = f.text.encode("utf-8", "surrogatepass")
+        self.language = language
+        self.tree = language.new_parser().parse(self.data)
+        # byte offset -> char offset (the text is mostly ASCII; map through a cumulative table when not)
+        self._ascii = len(self.data) == len(self.text)
+
+    def char(self, b: int) -> int:
+        return b if self._ascii else len(self.data[:b].decode("utf-8", "surrogatepass"))
+
+    def captures(self, query_name: str, capture: str) -> list[tree_sitter.Node]:
+        q = self.language.query(query_name)
+        if q is None:
+            return []
+        return list(tree_sitter.QueryCursor(q).captures(self.tree.root_node).get(capture, []))
+
+    def nodes_of_types(self, types: frozenset) -> list[tree_sitter.Node]:
+        out, stack = [], [self.tree.root_node]
+        while stack:
+            n = stack.pop()
+            if n.type in types:
+                out.append(n)
+            stack.extend(n.children)
+        return out
+
+    def span(self, node: tree_sitter.Node) -> tuple[int, int]:
+        return self.char(node.start_byte), self.char(node.end_byte)
+
+    def example(self, kind: str, start: int, end: int, node_type: Optional[str] = None) -> Optional[Example]:
+        middle = self.text[start:end]
+        if not middle.strip() or len(middle) > MAX_MIDDLE_CHARS:
+            return None
+        return Example(self.file.rel, kind, self.text[:start], middle, self.text[end:], node_type)
+
+
+def _node_spans(doc: _Doc, kind: str) -> list[tuple[int, int, str]]:
+    if kind == "function-body":
+        nodes = doc.captures("functions", "function.body")
+    elif kind == "block":
+        nodes = doc.captures("blocks", "block")
+    elif kind == "statement":
+        nodes = doc.captures("statements", "statement")
+    elif kind == "arguments":
+        nodes = doc.nodes_of_types(ARGUMENT_TYPES)
+    else:
+        return []
+    out = []
+    for n in nodes:
+        if n.has_error or n.end_byte - n.start_byte < 2:
+            continue
+        s, e = doc.span(n)
+        if kind == "arguments":  # the inside of the brackets
+            if e - s < 3:
+                continue
+            s, e = s + 1, e - 1
+        out.append((s, e, n.type))
+    return out
+
+
+def _line_rest_spans(doc: _Doc) -> list[tuple[int, int, str]]:
+    out, pos = [], 0
+    for line in doc.text.split("\n"):
+        code = line.strip()
+        if len(code) >= 8 and not code.startswith(("#", "//", "/*", "*", '"""', "'''")):
+            indent = len(line) - len(line.lstrip())
+            out.append((pos + indent, pos + len(line), "line"))
+        pos += len(line) + 1
+    return out
+
+
+def docstring_examples(doc: _Doc) -> list[Example]:
+    """Signature + docstring → body, cut as `intarsia.generateFunction` (`find_function_target`) cuts it."""
+    out = []
+    for fn in doc.captures("functions", "function"):
+        body = fn.child_by_field_name("body")
+        if body is None or fn.has_error:
+            continue
+        s, e = doc.span(body)
+        if doc.language.syntax.family == "python":
+            stmts = body.named_children
+            if len(stmts) < 2 or stmts[0].type != "expression_statement" or not stmts[0].named_children \
+                    or stmts[0].named_children[0].type != "string":
+                continue
+            start = doc.char(stmts[0].end_byte)
+            middle_start = doc.char(stmts[1].start_byte)
+            if doc.text[start:middle_start].strip():  # a comment between docstring and body
+                continue
+            # The served prompt ends the prefix with a newline and the body's indentation (FunctionTarget.lead),
+            # exactly where this gap starts.
+            ex = doc.example("docstring", middle_start, e, fn.type)
+            if ex is not None:
+                out.append(ex)
+        else:
+            inner_s, inner_e = s + 1, e - 1
+            body_text = doc.text[inner_s:inner_e]
+            if not body_text.strip():
+                continue
+            fn_line = doc.text.rfind("\n", 0, doc.char(fn.start_byte)) + 1
+            before = doc.text[max(0, fn_line - 400):fn_line].rstrip()
+            if not before.endswith(("*/", "///", "//")) and not before.split("\n")[-1].lstrip().startswith("//"):
+                continue
+            first = len(body_text) - len(body_text.lstrip())
+            ex = doc.example("docstring", inner_s + first, inner_e - (len(body_text) - len(body_text.rstrip())),
+                             fn.type)
+            if ex is not None:
+                out.append(ex)
+    return out
+
+
+def file_examples(f: SourceFile, *, seed: int = 0, per_lines: int = 12, max_per_file: int = 64,
+                  docstrings: bool = True) -> list[Example]:
+    """Examples from one file: a mix of span kinds (see KIND_WEIGHTS) plus its docstring → body examples."""
+    language = get_language(f.language)
+    if language is None:
+        return []
+    doc = _Doc(f, language)
+    rng = random.Random(f"{seed}:{f.rel}")
+    n = max(2, min(max_per_file, f.text.count("\n") // per_lines))
+    pools = {k: _node_spans(doc, k) for k in ("function-body", "block", "statement", "arguments")}
+    pools["line-rest"] = _line_rest_spans(doc)
+    kinds = list(KIND_WEIGHTS)
+    weights = [KIND_WEIGHTS[k] for k in kinds]
+    out: list[Example] = []
+    seen: set[tuple[int, int]] = set()
+    tries = 0
+    while len(out) < n and tries < n * 6:
+        tries += 1
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "random":
+            if len(doc.text) < 20:
+                continue
+            s = rng.randrange(0, len(doc.text) - 1)
+            e = min(len(doc.text), s + rng.randint(1, 400))
+            span = (s, e, None)
+        elif kind == "line-rest":
+            if not pools[kind]:
+                continue
+            ls, le, _ = rng.choice(pools[kind])
+            s = rng.randint(ls, max(ls, le - 1))
+            span = (s, le, "line")
+        else:
+            if not pools[kind]:
+                continue
+            span = rng.choice(pools[kind])
+        if (span[0], span[1]) in seen:
+            continue
+        seen.add((span[0], span[1]))
+        ex = doc.example(kind, span[0], span[1], span[2])
+        if ex is not None:
+            out.append(ex)
+    if docstrings:
+        dex = docstring_examples(doc)
+        rng.shuffle(dex)
+        out += dex[: max(1, n // 4)]
+    return out
+
+
+def accepted_examples(files: Sequence[SourceFile], events: Iterable[dict], *, min_similarity: float = 0.9,
+                      min_chars: int = 8) -> list[Example]:
+    """Suggestions accepted in the editor and still in the code (acceptance log: `shown` gives the path,
+    `retained` the accepted text and how much of it is still there)."""
+    by_path = {f.rel: f for f in files}
+    paths: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    for ev in events:
+        if ev.get("event") == "shown" and ev.get("path"):
+            paths[ev.get("id")] = ev["path"]
+        elif ev.get("event") == "retained" and isinstance(ev.get("text"), str) \
+                and (ev.get("similarity") or 0) >= min_similarity:
+            texts[ev.get("id")] = ev["text"]
+    out, seen = [], set()
+    for sid, text in texts.items():
+        f = by_path.get(paths.get(sid, ""))
+        if f is None or len(text.strip()) < min_chars or (f.rel, text) in seen:
+            continue
+        at = f.text.find(text)
+        if at < 0:
+            continue
+        seen.add((f.rel, text))
+        out.append(Example(f.rel, "accepted", f.text[:at], text, f.text[at + len(text):]))
+    return out
+
+
+def read_acceptance_events(paths: Iterable[Path]) -> list[dict]:
+    out = []
+    for p in paths:
+        try:
+            lines = Path(p).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict):
+                out.append(ev)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How prompts are rendered: the server's defaults, so that training sees what serving sends."""
+
+    prompt_tokens: int = 1024
+    context_tokens: int = 256
+    suffix_tokens: int = 256
+    repo_name: Optional[str] = None
+
+
+def make_context(root: Path, files: Sequence[SourceFile]):
+    """A `ContextProvider` over `files` only (their masked text): training examples never see held-out files."""
+    from intarsia.server.context import ContextProvider, RepoIndex
+
+    index = RepoIndex(root)
+    for f in files:
+        index.update_file(root / f.rel, f.text)
+    index.ready = True
+    return ContextProvider(index)
+
+
+def render_example(ex: Example, fmt: FimFormat, count: Callable[[str], int], options: RenderOptions,
+                   context=None, root: Optional[Path] = None, uid: str = "") -> str:
+    """The prompt the server would build for this gap (see the module docstring)."""
+    from intarsia.server.pipeline import Snapshot, build_prompt
+
+    text = ex.prefix + ex.suffix
+    offset = len(ex.prefix)
+    files: list[RepoFile] = []
+    if context is not None and options.context_tokens > 0:
+        snap = Snapshot(uri=f"intarsia-train:{uid or ex.key()}", version=0, text=text, offset=offset,
+                        language_id="", language=None, path=ex.path,
+                        fs_path=str(root / ex.path) if root is not None else None)
+        files = context.select(snap, options.context_tokens, count)
+    return build_prompt(fmt, count, text, offset, budget=options.prompt_tokens, context_files=files, path=ex.path,
+                        repo_name=options.repo_name, suffix_max=options.suffix_tokens).prompt
+
+
+__all__ = ["Example", "KINDS", "RenderOptions", "accepted_examples", "docstring_examples", "file_examples",
+           "make_context", "read_acceptance_events", "render_example", "split_files"]

@@ -1,0 +1,379 @@
+"""LoRA fine-tuning with peft: packed FIM sequences, resumable checkpoints, one CPU, one GPU or several GPUs.
+
+Each example is tokenized as prompt + middle + end token; only the middle and the end token carry a loss. Examples
+are packed first-fit into sequences of at most `context_length` tokens, with position ids restarting at every
+example and no attention mask, which transformers turns into a block-diagonal causal mask (no example sees
+another). One packed sequence is a micro-batch; `batch_tokens` sets how many tokens one optimizer step sees
+(gradient accumulation). fp32 on a CPU, bf16 autocast on CUDA; gradient checkpointing on CUDA by default (on a
+CPU memory is plentiful and the recomputation costs a third of the speed). The loop runs under `accelerate`:
+`accelerate launch $(which intarsia) train REPO` spreads the micro-batches over the processes, and only the main
+process writes checkpoints and the result.
+
+Checkpoints (`run_dir/checkpoints/step-N/`: the LoRA weights, optimizer, scheduler, RNG and position) are written
+into a temporary folder and renamed; a run with the same data and settings resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from intarsia.model.errors import IntarsiaError
+from intarsia.model.lora import LORA_TARGETS
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+class TrainError(IntarsiaError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int = 0  # 0: as many as `epochs` needs
+    batch_tokens: int = 8192
+    context_length: int = 1024
+    gradient_checkpointing: Optional[bool] = None  # None: on for CUDA, off on a CPU
+    save_every: int = 25
+    seed: int = 0
+
+    def validate(self) -> "TrainConfig":
+        if self.rank < 1 or self.alpha <= 0:
+            raise TrainError("LoRA rank must be ≥1 and alpha > 0")
+        if not 0 <= self.dropout < 1:
+            raise TrainError("dropout must be in [0, 1)")
+        if self.learning_rate <= 0:
+            raise TrainError("learning rate must be > 0")
+        if self.context_length < 64:
+            raise TrainError("context length must be at least 64 tokens")
+        if self.batch_tokens < self.context_length:
+            raise TrainError("batch tokens must be at least the context length")
+        unknown = set(self.target_modules) - set(LORA_TARGETS)
+        if unknown:
+            raise TrainError(f"unknown LoRA target module(s) {sorted(unknown)} (known: {', '.join(LORA_TARGETS)})")
+        return self
+
+
+@dataclass
+class Tokenized:
+    ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    tokens: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    first_loss: Optional[float] = None
+    last_loss: Optional[float] = None
+    resumed_from: Optional[int] = None
+    device: str = "cpu"
+    processes: int = 1
+    peak_rss_mb: Optional[float] = None
+
+    def record(self) -> dict:
+        d = asdict(self)
+        d["adapter_dir"] = str(self.adapter_dir)
+        d["tokens_per_s"] = round(self.tokens / self.seconds, 1) if self.seconds else None
+        d["losses"] = [round(x, 4) for x in self.losses]
+        return d
+
+
+def tokenize(tokenizer, prompt: str, middle: str, eos_id: int) -> Tokenized:
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    m = tokenizer(middle, add_special_tokens=False)["input_ids"] + [eos_id]
+    return Tokenized(p + m, [IGNORE] * len(p) + m)
+
+
+def pack(examples: Sequence[Tokenized], context_length: int) -> list[list[int]]:
+    """First-fit-decreasing bins of example indices, each at most `context_length` tokens; longer examples are
+    dropped (the caller renders prompts within the context length)."""
+    order = sorted((i for i, e in enumerate(examples) if len(e.ids) <= context_length),
+                   key=lambda i: -len(examples[i].ids))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(examples[i].ids)
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(context_length - n)
+    return bins
+
+
+def _sequence(examples: Sequence[Tokenized], bin_: list[int]):
+    import torch
+
+    ids, labels, pos = [], [], []
+    for i in bin_:
+        e = examples[i]
+        ids += e.ids
+        labels += e.labels
+        pos += list(range(len(e.ids)))
+    t = lambda x: torch.tensor([x], dtype=torch.long)  # noqa: E731
+    return t(ids), t(labels), t(pos)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda: no CUDA device is available (torch sees none)")
+    if device not in ("cpu", "cuda"):
+        raise TrainError(f"unknown device '{device}' (auto, cpu or cuda)")
+    return device
+
+
+def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    ck = run_dir / "checkpoints"
+    if not ck.is_dir():
+        return None
+    steps = []
+    for p in ck.iterdir():
+        if p.name.startswith("step-") and (p / "state.json").exists():
+            try:
+                steps.append((int(p.name[5:]), p))
+            except ValueError:
+                continue
+    return max(steps)[1] if steps else None
+
+
+def _rss_mb() -> Optional[float]:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except Exception:
+        return None
+
+
+def train_lora(
+    hf_dir: Path,
+    examples: Sequence[Tokenized],
+    run_dir: Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    device: str = "auto",
+    progress: bool = True,
+    stop_after: Optional[int] = None,
+    on_step: Optional[Callable[[int, float], None]] = None,
+) -> TrainResult:
+    """Train a LoRA adapter on top of the Hugging Face model in `hf_dir`; the peft folder ends in
+    `run_dir/adapter`. `stop_after` ends the run early after that many optimizer steps of this call (the run
+    stays resumable: used to test interruption)."""
+    import torch
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+
+    config.validate()
+    device = resolve_device(device)
+    cuda = device == "cuda"
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    bins = pack(examples, config.context_length)
+    if not bins:
+        raise TrainError("no training example fits the context length")
+    total_tokens = sum(len(examples[i].ids) for b in bins for i in b)
+    seq_per_step = max(1, round(config.batch_tokens / config.context_length))
+    seq_per_step = max(world, seq_per_step - seq_per_step % world)
+    steps_per_epoch = max(1, math.ceil(len(bins) / seq_per_step))
+    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    accum = seq_per_step // world
+
+    torch.manual_seed(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model.config.use_cache = False
+    gc = config.gradient_checkpointing if config.gradient_checkpointing is not None else cuda
+    if gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lcfg = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    model = get_peft_model(model, lcfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(total_steps * config.warmup_ratio)),
+                                                total_steps)
+
+    step, tokens_done, losses, resumed = 0, 0, [], None
+    ck = _latest_checkpoint(run_dir)
+    if ck is not None:
+        state = json.loads((ck / "state.json").read_text())
+        if state.get("total_steps") == total_steps and state.get("bins") == len(bins):
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(ck / "adapter.safetensors")))
+            optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=False))
+            scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
+            torch.set_rng_state(torch.load(ck / "rng.pt", weights_only=False))
+            step, tokens_done, losses = state["step"], state["tokens"], state["losses"]
+            resumed = step
+            log.info("resuming from %s (step %d of %d)", ck, step, total_steps)
+        else:
+            log.warning("checkpoint %s belongs to a different plan; starting over", ck)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+
+    order = list(range(len(bins)))
+    epoch_orders: dict[int, list[int]] = {}
+
+    def seq_at(k: int) -> list[int]:
+        epoch, pos = divmod(k, len(order))
+        if epoch not in epoch_orders:
+            o = list(order)
+            random.Random(config.seed * 1000 + epoch).shuffle(o)
+            epoch_orders.clear()
+            epoch_orders[epoch] = o
+        return bins[epoch_orders[epoch][pos]]
+
+    bar = None
+    if progress and accelerator.is_main_process:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    tokens_this_call = 0
+    steps_this_call = 0
+    while step < total_steps:
+        step_loss, step_tokens = 0.0, 0
+        for j in range(accum):
+            k = step * seq_per_step + j * world + rank
+            ids, labels, pos = _sequence(examples, seq_at(k))
+            ids, labels, pos = (x.to(accelerator.device) for x in (ids, labels, pos))
+            sync = accelerator.no_sync(model) if (j < accum - 1 and world > 1) else _null()
+            with sync, accelerator.autocast():
+                out = model(input_ids=ids, labels=labels, position_ids=pos, use_cache=False)
+                loss = out.loss / accum
+            accelerator.backward(loss)
+            step_loss += float(loss.detach())
+            step_tokens += ids.shape[1]
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        steps_this_call += 1
+        tokens_done += step_tokens * world
+        tokens_this_call += step_tokens * world
+        losses.append(step_loss)
+        if on_step is not None:
+            on_step(step, step_loss)
+        if bar is not None:
+            el = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_this_call / el:.0f}" if el else "-")
+            bar.update(1)
+        last = step == total_steps or (stop_after is not None and steps_this_call >= stop_after)
+        if accelerator.is_main_process and (step % config.save_every == 0 or last):
+            _save_checkpoint(accelerator.unwrap_model(model), optimizer, scheduler, run_dir, step,
+                             {"step": step, "tokens": tokens_done, "losses": losses, "total_steps": total_steps,
+                              "bins": len(bins)}, get_peft_model_state_dict)
+        accelerator.wait_for_everyone()
+        if stop_after is not None and steps_this_call >= stop_after and step < total_steps:
+            if bar is not None:
+                bar.close()
+            raise KeyboardInterrupt(f"stopped after {steps_this_call} step(s) (stop_after)")
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    adapter_dir = run_dir / "adapter"
+    if accelerator.is_main_process:
+        tmp = run_dir / ".adapter.part"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(str(tmp))
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        os.replace(tmp, adapter_dir)
+    accelerator.wait_for_everyone()
+    head = [x for x in losses[: max(1, len(losses) // 10)]]
+    tail = [x for x in losses[-max(1, len(losses) // 10):]]
+    return TrainResult(adapter_dir, step, tokens_this_call, seconds, losses,
+                       first_loss=sum(head) / len(head) if head else None,
+                       last_loss=sum(tail) / len(tail) if tail else None,
+                       resumed_from=resumed, device=device, processes=world, peak_rss_mb=_rss_mb())
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _save_checkpoint(model, optimizer, scheduler, run_dir: Path, step: int, state: dict, get_state) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    ck = run_dir / "checkpoints"
+    ck.mkdir(parents=True, exist_ok=True)
+    final = ck / f"step-{step}"
+    tmp = ck / f".step-{step}.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    sd = {k: v.detach().cpu().contiguous() for k, v in get_state(model).items()}
+    save_file(sd, str(tmp / "adapter.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(torch.get_rng_state(), tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in ck.iterdir():  # keep the newest two
+        if old.name.startswith("step-") and old != final:
+            try:
+                if int(old.name[5:]) < step - 1 and len(list(ck.glob("step-*"))) > 2:
+                    shutil.rmtree(old, ignore_errors=True)
+            except ValueError:
+                pass
+
+
+def perplexity(model, examples: Sequence[Tokenized], *, device: str = "cpu", limit: int = 32) -> Optional[float]:
+    """exp(mean loss per middle token) over up to `limit` examples (model: a transformers causal LM)."""
+    import torch
+
+    total, n = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for e in examples[:limit]:
+            ids = torch.tensor([e.ids], device=device)
+            labels = torch.tensor([e.labels], device=device)
+            k = sum(1 for x in e.labels[1:] if x != IGNORE)
+            if k == 0:
+                continue
+            out = model(input_ids=ids, labels=labels, use_cache=False)
+            total += float(out.loss) * k
+            n += k
+    return math.exp(total / n) if n else None
+
+
+__all__ = ["TrainConfig", "TrainError", "TrainResult", "Tokenized", "pack", "perplexity", "resolve_device",
+           "tokenize", "train_lora"]
