@@ -9,6 +9,7 @@ that stop by themselves (end token or FIM sentinel before the token limit), agre
 first line, and speed (prefill and decode tokens/s, first-token latency) and size on disk.
 
     python benchmarks/fim_quality.py --limit 100 --engines reference,ort-exact,ort-int4,llama.cpp
+    python benchmarks/fim_quality.py --limit 200 --engines ort-exact,ort-exact+fim --postprocess   # FIM adapter
 
 Prints one JSON object on stdout (and --out FILE); a markdown table on stderr.
 """
@@ -74,26 +75,53 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def make_engine(kind: str, model: str, threads: int):
-    """(engine, size_on_disk_bytes, description) for an engine name."""
+def make_engine(kind: str, model: str, threads: int, adapter: Path | None = None):
+    """(engine, size_on_disk_bytes, description) for an engine name. A "+fim" suffix applies the model's
+    shipped fill-in-the-middle adapter (model/adapters/), "+adapter" the peft folder given by --adapter
+    (ORT engines: at run time; the reference: through peft)."""
     from intarsia.model.build import BuildOptions, build, hf_folder_for, resolve_gguf
     from intarsia.model.registry import resolve_source
 
     src = resolve_source(model)
     gguf = resolve_gguf(src, progress=True)
+    kind, _, plus = kind.partition("+")
+    peft_dir = None
+    if plus == "fim":
+        from intarsia.model.shipped import shipped_for
+
+        shipped = shipped_for(src)
+        if shipped is None:
+            raise SystemExit(f"{src.name} ships no fill-in-the-middle adapter")
+        peft_dir = shipped.path
+    elif plus == "adapter":
+        if adapter is None:
+            raise SystemExit("engine '+adapter' needs --adapter PEFT_FOLDER")
+        peft_dir = adapter
+    elif plus:
+        raise SystemExit(f"unknown engine suffix +{plus} (fim or adapter)")
+    label = f" + LoRA {peft_dir.name}" if peft_dir is not None else ""
     if kind == "reference":
         from intarsia.model.hf_engine import HfEngine
 
         hf = hf_folder_for(src, gguf)
-        return HfEngine(hf, device="cpu"), dir_size(hf), "transformers fp32 on the dequantized GGUF"
+        return (HfEngine(hf, device="cpu", adapter_dir=peft_dir), dir_size(hf),
+                "transformers fp32 on the dequantized GGUF" + label)
     if kind.startswith("ort-"):
         from intarsia.model.ort_engine import OrtEngine
 
         precision = kind.split("-", 1)[1]
         opts = BuildOptions(precision=precision, provider="cpu", accuracy_level=4, lora_inputs=(precision == "exact"))
-        built = build(src, opts)
+        built = build(src, opts, fim_adapter=False)
         size = sum(p.stat().st_size for p in built.path.iterdir() if p.name.startswith("model.onnx"))
-        return OrtEngine(built.path, threads=threads), size, f"ONNX Runtime {opts.variant}"
+        adapters = {}
+        if peft_dir is not None:
+            from intarsia.model.lora import export_adapter
+
+            out = built.path / "adapters" / f"bench-{peft_dir.resolve().name}.onnx_adapter"
+            export_adapter(peft_dir, built.path, out)
+            adapters["a"] = out
+        engine = OrtEngine(built.path, threads=threads, adapters=adapters, default_adapter="a" if adapters else None)
+        return engine, size, f"ONNX Runtime {opts.variant}" + label
     if kind == "llama.cpp":
         from peers import LlamaCppEngine
 
@@ -255,6 +283,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--adapter", type=Path, default=None, help="peft folder for engines named with +adapter")
     ap.add_argument("--postprocess", action="store_true",
                     help="also score the grammar post-processed completion (grammars/), raw vs post-processed")
     ap.add_argument("--rescore", type=Path, default=None,
@@ -267,7 +296,8 @@ def main() -> int:
 
     problems = load_problems(args.task, args.limit, args.seed)
     results: dict = {"task": args.task, "n": len(problems), "seed": args.seed, "max_new_tokens": args.max_new_tokens,
-                     "threads": args.threads, "sandbox_network_isolated": network_isolated(), "engines": {}}
+                     "threads": args.threads, "sandbox_network_isolated": network_isolated(),
+                     "command": "python benchmarks/fim_quality.py " + " ".join(sys.argv[1:]), "engines": {}}
     for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
         if kind == "llama.cpp":
             from peers import llama_cpp_available
@@ -276,7 +306,7 @@ def main() -> int:
                 print("llama.cpp: llama-cpp-python not installed, skipped", file=sys.stderr)
                 continue
         t0 = time.perf_counter()
-        engine, size, desc = make_engine(kind, args.model, args.threads)
+        engine, size, desc = make_engine(kind, args.model, args.threads, args.adapter)
         load_s = time.perf_counter() - t0
         try:
             rows = run_engine(kind, engine, problems, args.task, args.max_new_tokens, QWEN25_CODER)

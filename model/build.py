@@ -75,6 +75,9 @@ class BuildOptions:
 class BuiltModel:
     path: Path
     manifest: dict
+    # The shipped fill-in-the-middle adapter (model.shipped) exported for this build, when the source has one
+    # and it was asked for: served at run time as the default adapter.
+    fim_adapter: Optional[Path] = None
 
     @property
     def fim_format(self) -> FimFormat:
@@ -208,10 +211,35 @@ def build(
     force: bool = False,
     progress: bool = True,
     fim_format: Optional[str] = None,
+    fim_adapter: bool = True,
 ) -> BuiltModel:
-    """Return a built model folder for `source`, building it only if missing or out of date."""
+    """Return a built model folder for `source`, building it only if missing or out of date. With `fim_adapter`
+    (default) the source's shipped fill-in-the-middle adapter is exported for the build (see `with_fim_adapter`)."""
     if not isinstance(source, ModelSource):
         source = resolve_source(source)
+    built = _build(source, options, force=force, progress=progress, fim_format=fim_format)
+    return with_fim_adapter(source, built) if fim_adapter else built
+
+
+def with_fim_adapter(source: ModelSource, built: BuiltModel) -> BuiltModel:
+    """`built` with its `fim_adapter` set: the shipped adapter of `source` (model.shipped) exported for this
+    graph (once; kept in `<built>/adapters/`). Unchanged when the source ships none or the graph has no LoRA
+    inputs. A damaged adapter file raises ShippedAdapterError (a clear message; the plain model is still there:
+    turn the adapter off)."""
+    from .shipped import onnx_adapter_path, shipped_for
+
+    adapter = shipped_for(source)
+    if adapter is None:
+        return built
+    if not built.manifest.get("lora_inputs"):
+        log.warning("%s has no LoRA inputs: the shipped adapter %s cannot be applied (rebuild with --force)",
+                    built.path, adapter.name)
+        return built
+    return BuiltModel(built.path, built.manifest, onnx_adapter_path(adapter, built.path))
+
+
+def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress: bool,
+           fim_format: Optional[str]) -> BuiltModel:
     if source.kind == "onnx":
         manifest = read_manifest(source.path) or {}
         fmt = check_fim(source.path, fim_format or manifest.get("fim_format"), source.name)
@@ -298,7 +326,8 @@ def build(
 
 
 def find_built(source: ModelSource, options: BuildOptions = BuildOptions()) -> Optional[BuiltModel]:
-    """An already built folder for `source` (no building, no download), or None."""
+    """An already built folder for `source` (no building, no download), or None. Its `fim_adapter` is not set
+    (see `with_fim_adapter`)."""
     if source.kind == "onnx":
         return BuiltModel(source.path, read_manifest(source.path) or {})
     if source.kind == "hf" and options.precision == "exact":

@@ -75,8 +75,12 @@ def cmd_model_build(args: argparse.Namespace) -> int:
     from intarsia.model.build import build
 
     t0 = time.perf_counter()
-    built = build(args.model, _options(args), force=args.force, progress=not args.quiet, fim_format=args.fim_format)
+    built = build(args.model, _options(args), force=args.force, progress=not args.quiet, fim_format=args.fim_format,
+                  fim_adapter=not args.no_fim_adapter)
     log.info("built in %.1f s", time.perf_counter() - t0)
+    if built.fim_adapter is not None:
+        log.info("fill-in-the-middle adapter: %s (applied at run time; --no-fim-adapter to leave it out)",
+                 built.fim_adapter)
     print(built.path)
     return 0
 
@@ -91,6 +95,15 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     if src.spec is not None:
         info.update(gguf_sha256=src.spec.gguf_sha256, gguf_size=src.spec.gguf_size, license=src.spec.license,
                     pieces=[f"{p.dist}=={p.version}" for p in src.spec.parts])
+    from intarsia.model.shipped import shipped_for
+
+    try:
+        shipped = shipped_for(src)
+        if shipped is not None:
+            info["fim_adapter"] = {"name": shipped.name, "path": str(shipped.path), "sha256": shipped.sha256,
+                                   "scores": shipped.manifest.get("scores", {})}
+    except IntarsiaError as e:
+        info["fim_adapter"] = {"error": str(e)}
     if built is None:
         info["built"] = None
     else:
@@ -100,6 +113,10 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"model      {info['name']} ({info['source']})")
+    if "fim_adapter" in info:
+        fa = info["fim_adapter"]
+        print(f"fim adapter {fa.get('name')} sha256 {fa.get('sha256', '')[:16]}" if "error" not in fa
+              else f"fim adapter damaged: {fa['error']}")
     if src.spec is not None:
         print(f"gguf       {_human(src.spec.gguf_size)}, sha256 {src.spec.gguf_sha256}")
     if built is None:
@@ -144,16 +161,25 @@ def _load_engine(args: argparse.Namespace):
         hf_dir = hf_folder_for(src, gguf, progress=not args.quiet) if gguf is not None else src.path
         fmt = check_fim(hf_dir, args.fim_format or (src.spec.fim_format if src.spec else None), src.name)
         adapter = None if args.adapter in (None, "none") else Path(args.adapter)
+        if adapter is None and not args.no_fim_adapter:
+            from intarsia.model.shipped import shipped_for
+
+            shipped = shipped_for(src)
+            adapter = shipped.path if shipped is not None else None
         return HfEngine(hf_dir, device=args.device, adapter_dir=adapter), fmt
 
     from intarsia.model.ort_engine import OrtEngine
 
-    built = build(src, _options(args), progress=not args.quiet, fim_format=args.fim_format)
+    built = build(src, _options(args), progress=not args.quiet, fim_format=args.fim_format,
+                  fim_adapter=not args.no_fim_adapter and args.adapter in (None, "none"))
     adapters = {}
     default_adapter = None
     if args.adapter not in (None, "none"):
         adapters["cli"] = _adapter_file(Path(args.adapter), built.path)
         default_adapter = "cli"
+    elif built.fim_adapter is not None:
+        adapters["fim"] = built.fim_adapter
+        default_adapter = "fim"
     engine = OrtEngine(built.path, provider=args.device, threads=args.threads, adapters=adapters,
                        default_adapter=default_adapter)
     return engine, built.fim_format
@@ -266,11 +292,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except IntarsiaError as e:
         line("FAIL", str(e))
         return 1
+    from intarsia.model.build import with_fim_adapter
     from intarsia.model.ort_engine import OrtEngine
 
+    adapters: dict = {}
+    if not args.no_fim_adapter:
+        try:
+            fim = with_fim_adapter(src, built).fim_adapter
+            if fim is not None:
+                adapters["fim"] = fim
+                line("ok", f"fill-in-the-middle adapter verified against its manifest: {fim.name}")
+        except IntarsiaError as e:
+            ok = False
+            line("FAIL", str(e))
     prompt = fmt.render(*DOCTOR_SAMPLE)
     t0 = time.perf_counter()
-    with OrtEngine(built.path, provider=args.device, threads=args.threads) as engine:
+    with OrtEngine(built.path, provider=args.device, threads=args.threads, adapters=adapters,
+                   default_adapter="fim" if adapters else None) as engine:
         load_s = time.perf_counter() - t0
         res = engine.generate(GenerationRequest(prompt=prompt, max_new_tokens=24, stop=(*fmt.stop_strings, "\n")))
     t = res.timings
@@ -323,7 +361,7 @@ def _train_options(args: argparse.Namespace):
                         recent_commits=args.recent_commits, seed=args.seed, max_examples=args.max_examples,
                         eval_next_line=args.eval_next_line, eval_fim=args.eval_fim, render=render, config=cfg,
                         promote=not args.no_promote, use_acceptance_log=not args.no_acceptance_log,
-                        progress=not args.quiet)
+                        progress=not args.quiet, from_fim_adapter=not args.from_base)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -437,6 +475,8 @@ def _add_train_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-fim", type=int, default=20, help="FIM samples from held-out files")
     p.add_argument("--no-promote", action="store_true", help="evaluate and store, but do not promote")
     p.add_argument("--no-acceptance-log", action="store_true", help="do not learn from accepted suggestions")
+    p.add_argument("--from-base", action="store_true",
+                   help="start from the plain base model, not from its shipped fill-in-the-middle adapter")
     p.add_argument("--json", action="store_true")
 
 
@@ -454,6 +494,8 @@ def _add_model_opts(p: argparse.ArgumentParser, model_required: bool = False) ->
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="execution provider")
     p.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy level (4: int8 activations)")
     p.add_argument("--fim-format", default=None, help="override the FIM format (default: from the model)")
+    p.add_argument("--no-fim-adapter", action="store_true",
+                   help="leave out the model's shipped fill-in-the-middle adapter (the plain model)")
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -58,6 +58,8 @@ class LoadedEngine:
     trained_version: Optional[str] = None
     trained_stamp: Any = None
     build_key: str = ""
+    # The adapter served when no trained adapter is: the model's shipped FIM adapter (None: the plain model).
+    base_adapter: Optional[str] = None
 
 
 # ------------------------------------------------------------------------------------------------ test engine
@@ -268,6 +270,9 @@ def _build_command(settings: Settings, name: str) -> str:
     return cmd
 
 
+FIM_ADAPTER = "fim"
+
+
 def trained_adapter_name(version: str) -> str:
     return f"trained-{version}"
 
@@ -289,10 +294,11 @@ def swap_trained_adapter(loaded: LoadedEngine) -> Optional[str]:
             engine.load_adapter(trained_adapter_name(new), path)
             engine.default_adapter = trained_adapter_name(new)
         else:
-            engine.default_adapter = None
+            engine.default_adapter = loaded.base_adapter
         if old is not None and trained_adapter_name(old) in engine.adapter_names:
             engine.unload_adapter(trained_adapter_name(old))
-        log.info("trained adapter for %s: %s -> %s", store.workspace, old or "base model", new or "base model")
+        base = f"shipped {loaded.base_adapter} adapter" if loaded.base_adapter else "base model"
+        log.info("trained adapter for %s: %s -> %s", store.workspace, old or base, new or base)
     loaded.trained_version = new
     loaded.trained_stamp = stamp
     return new
@@ -326,6 +332,19 @@ def _load_ort(settings: Settings, progress: Optional[Progress], workspace: Optio
         _progress(progress, "preparing the adapter", 20)
         adapters["settings"] = _adapter_file(Path(settings.adapter).expanduser(), built.path)
         default_adapter = "settings"
+    base_adapter = None
+    if not settings.adapter and settings.fim_adapter:
+        from intarsia.model.build import with_fim_adapter
+
+        _progress(progress, "preparing the fill-in-the-middle adapter", 20)
+        try:
+            fim = with_fim_adapter(src, built).fim_adapter
+        except IntarsiaError as e:  # a damaged adapter must not cost the model: serve it plain, say why
+            log.warning("serving %s without its fill-in-the-middle adapter: %s", src.name, e)
+            fim = None
+        if fim is not None:
+            adapters[FIM_ADAPTER] = fim
+            default_adapter = base_adapter = FIM_ADAPTER
     store = None
     if not settings.adapter and settings.trained_adapter and workspace:
         from intarsia.model.trained import AdapterStore
@@ -335,7 +354,7 @@ def _load_ort(settings: Settings, progress: Optional[Progress], workspace: Optio
     engine = OrtEngine(built.path, provider=settings.device, threads=settings.threads, adapters=adapters,
                        default_adapter=default_adapter)
     loaded = LoadedEngine(engine, fmt, "", str(built.path), store=store,
-                          build_key=built.manifest.get("build_key", "model"))
+                          build_key=built.manifest.get("build_key", "model"), base_adapter=base_adapter)
     if store is not None:
         try:
             swap_trained_adapter(loaded)
@@ -351,8 +370,10 @@ def _load_ort(settings: Settings, progress: Optional[Progress], workspace: Optio
         raise
     _progress(progress, "ready", 100)
     desc = f"{src.name} ({built.manifest.get('precision', '?')}, {getattr(engine, 'provider', settings.device)})"
+    if base_adapter:
+        desc += " + FIM adapter"
     loaded.description = desc
     return loaded
 
 
-__all__ = ["LoadedEngine", "TestEngine", "load_engine", "RAISE_MARKER"]
+__all__ = ["FIM_ADAPTER", "LoadedEngine", "TestEngine", "load_engine", "RAISE_MARKER"]

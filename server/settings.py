@@ -12,6 +12,8 @@ previous (or default) value, it never fails the request.
     adapter               LoRA adapter: an .onnx_adapter file or a peft folder; null: none
     trainedAdapter        serve the adapter that `intarsia train` promoted for this workspace (default true;
                           an explicit `adapter` wins); a new promotion or a rollback is picked up between requests
+    fimAdapter            apply the model's shipped fill-in-the-middle adapter (default true; the default model
+                          ships one); false: the plain model. A trained adapter, which continues it, replaces it
     remoteEndpoint        OpenAI-compatible server URL (engine "remote")
     remoteModel           model name sent to the remote server
     fimFormat             override the fill-in-the-middle format (default: from the model)
@@ -43,8 +45,8 @@ DEVICES = ("auto", "cpu", "cuda")
 MULTILINE = ("auto", "always", "never")
 
 # Settings whose change needs the engine to be loaded again.
-ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "adapter", "trained_adapter", "remote_endpoint",
-                           "remote_model",
+ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "adapter", "trained_adapter", "fim_adapter",
+                           "remote_endpoint", "remote_model",
                            "fim_format", "test_table", "test_token_delay_ms", "test_load_delay_ms"})
 
 
@@ -56,6 +58,7 @@ class Settings:
     threads: Optional[int] = None
     adapter: Optional[str] = None
     trained_adapter: bool = True
+    fim_adapter: bool = True
     remote_endpoint: Optional[str] = None
     remote_model: Optional[str] = None
     fim_format: Optional[str] = None
@@ -196,6 +199,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "threads": _int_range(1, 1024, optional=True),
     "adapter": _opt_str,
     "trained_adapter": _bool,
+    "fim_adapter": _bool,
     "remote_endpoint": _opt_str,
     "remote_model": _opt_str,
     "fim_format": _opt_str,

@@ -785,6 +785,7 @@ class Session:
             "model_path": loaded.model_path if loaded else None,
             "fim_format": loaded.fim_format.name if loaded else None,
             "trained_adapter": loaded.trained_version if loaded else None,
+            "fim_adapter": bool(loaded and loaded.base_adapter),
             "encoding": self.encoding,
             "root": self.root,
             "documents": len(self.documents),

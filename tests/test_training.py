@@ -200,13 +200,47 @@ def test_spans_are_tree_sitter_nodes_and_docstring_cut_as_served(repo):
                 assert e.node_type in types, (e.kind, e.middle)
             if e.kind == "arguments":
                 assert e.prefix.endswith("(") and e.suffix.startswith(")")
+            if e.kind in ("line", "lines"):  # whole lines: indentation and line breaks included
+                assert e.prefix == "" or e.prefix.endswith("\n")
+                assert e.middle.endswith("\n") or not e.suffix
+                code = [ln for ln in e.middle.splitlines() if ln.strip()]
+                assert (e.middle.count("\n") == 1) if e.kind == "line" else (2 <= len(code) <= 8), e.middle
             if e.kind == "docstring":
                 # generateFunction's own cut of the same function, with the body removed, gives the same prompt
                 doc = e.prefix + e.suffix
                 target = find_function_target(doc, e.prefix.rfind("def ") + 4, py)
                 assert not isinstance(target, str), target
                 assert doc[:target.start] + target.lead == e.prefix
-    assert {"function-body", "block", "statement", "arguments", "line-rest", "random", "docstring"} <= seen
+    assert {"function-body", "block", "statement", "arguments", "line", "lines", "line-rest", "random",
+            "docstring"} <= seen
+
+
+def test_kind_weights_and_prompt_forms(repo):
+    """A chosen mix of span kinds; prompts rendered bare, with the path, or with repository context."""
+    from intarsia.model.fim import QWEN25_CODER
+    from intarsia.training.examples import render_mode
+
+    f = next(f for f in crawl(repo).files if f.rel == "shop/mod2.py")
+    only = file_examples(f, per_lines=2, weights={"line": 1.0}, docstring_share=0.0)
+    assert only and {e.kind for e in only} == {"line"}
+    with pytest.raises(ValueError, match="unknown example kind"):
+        file_examples(f, weights={"lines-ish": 1.0})
+    count = lambda s: len(s.split())  # noqa: E731
+    ex = only[0]
+    ctx = make_context(repo, crawl(repo).files)
+    opts = RenderOptions(prompt_tokens=400, context_tokens=120, repo_name="shop")
+    bare = render_example(ex, QWEN25_CODER, count, opts, ctx, repo, mode="bare")
+    path = render_example(ex, QWEN25_CODER, count, opts, ctx, repo, mode="path")
+    full = render_example(ex, QWEN25_CODER, count, opts, ctx, repo, mode="context")
+    assert bare.startswith("<|fim_prefix|>") and "<|file_sep|>" not in bare
+    assert path.startswith("<|repo_name|>shop\n<|file_sep|>shop/mod2.py\n<|fim_prefix|>")
+    assert full.count("<|file_sep|>") > 1 and full.endswith("<|fim_middle|>")
+    with pytest.raises(ValueError):
+        RenderOptions(bare_share=0.7, path_only_share=0.5)
+    mix = RenderOptions(bare_share=0.5, path_only_share=0.2)
+    modes = [render_mode(mix, e) for e in file_examples(f, per_lines=1, max_per_file=200)]
+    assert set(modes) == {"bare", "path", "context"} and 0.3 < modes.count("bare") / len(modes) < 0.7
+    assert {render_mode(RenderOptions(), e) for e in only} == {"context"}
 
 
 def test_split_is_deterministic_and_held_out_files_never_train(repo):

@@ -4,6 +4,9 @@ An `Example` is a document cut in three: the text before the gap, the gap (`midd
 
 - `function-body`, `block`, `statement`, `arguments`: a node chosen with the language's tree-sitter queries
   (`grammars/queries/<lang>/*.scm`) or its argument-list node type; the gap is the node's exact text;
+- `line`: one whole line of code, indentation and line break included (the cursor at the start of an empty
+  line; HumanEval's single-line infilling);
+- `lines`: 2 to 8 whole consecutive lines (multi-line infilling);
 - `line-rest`: the rest of a line of code from a random column on;
 - `random`: a random character span;
 - `docstring`: signature and docstring given, the rest of the body is the gap, cut exactly as
@@ -34,10 +37,11 @@ from intarsia.model.fim import FimFormat, RepoFile
 
 from .crawl import SourceFile
 
-KINDS = ("function-body", "block", "statement", "arguments", "line-rest", "random", "docstring", "accepted")
+KINDS = ("function-body", "block", "statement", "arguments", "line", "lines", "line-rest", "random", "docstring",
+         "accepted")
 # Share of the spans per file drawn from each kind (docstring and accepted examples come on top).
-KIND_WEIGHTS = {"function-body": 0.12, "block": 0.13, "statement": 0.3, "arguments": 0.1, "line-rest": 0.2,
-                "random": 0.15}
+KIND_WEIGHTS = {"function-body": 0.1, "block": 0.1, "statement": 0.22, "arguments": 0.08, "line": 0.12,
+                "lines": 0.08, "line-rest": 0.17, "random": 0.13}
 MAX_MIDDLE_CHARS = 1200
 ARGUMENT_TYPES = frozenset({"argument_list", "arguments", "parameters", "formal_parameters", "parameter_list"})
 
@@ -158,6 +162,18 @@ def _line_rest_spans(doc: _Doc) -> list[tuple[int, int, str]]:
     return out
 
 
+def _whole_lines(doc: _Doc) -> list[tuple[int, int]]:
+    """(start, end) of every line with code: from its first column through its line break."""
+    out, pos = [], 0
+    for line in doc.text.split("\n"):
+        end = pos + len(line) + 1
+        code = line.strip()
+        if code and not code.startswith(("#", "//")):
+            out.append((pos, min(end, len(doc.text))))
+        pos = end
+    return out
+
+
 def docstring_examples(doc: _Doc) -> list[Example]:
     """Signature + docstring → body, cut as `intarsia.generateFunction` (`find_function_target`) cuts it."""
     out = []
@@ -198,8 +214,10 @@ def docstring_examples(doc: _Doc) -> list[Example]:
 
 
 def file_examples(f: SourceFile, *, seed: int = 0, per_lines: int = 12, max_per_file: int = 64,
-                  docstrings: bool = True) -> list[Example]:
-    """Examples from one file: a mix of span kinds (see KIND_WEIGHTS) plus its docstring → body examples."""
+                  docstrings: bool = True, weights: Optional[dict[str, float]] = None,
+                  docstring_share: float = 0.25) -> list[Example]:
+    """Examples from one file: a mix of span kinds (`weights`, default KIND_WEIGHTS) plus docstring → body
+    examples (up to `docstring_share` of the span count)."""
     language = get_language(f.language)
     if language is None:
         return []
@@ -208,20 +226,35 @@ def file_examples(f: SourceFile, *, seed: int = 0, per_lines: int = 12, max_per_
     n = max(2, min(max_per_file, f.text.count("\n") // per_lines))
     pools = {k: _node_spans(doc, k) for k in ("function-body", "block", "statement", "arguments")}
     pools["line-rest"] = _line_rest_spans(doc)
-    kinds = list(KIND_WEIGHTS)
-    weights = [KIND_WEIGHTS[k] for k in kinds]
+    lines = _whole_lines(doc)
+    table = weights if weights is not None else KIND_WEIGHTS
+    unknown = set(table) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown example kind(s) {sorted(unknown)}")
+    kinds = [k for k, w in table.items() if w > 0 and k not in ("docstring", "accepted")]
+    if not kinds:
+        kinds, table = ["line"], {"line": 1.0}
+    kind_weights = [table[k] for k in kinds]
     out: list[Example] = []
     seen: set[tuple[int, int]] = set()
     tries = 0
     while len(out) < n and tries < n * 6:
         tries += 1
-        kind = rng.choices(kinds, weights)[0]
+        kind = rng.choices(kinds, kind_weights)[0]
         if kind == "random":
             if len(doc.text) < 20:
                 continue
             s = rng.randrange(0, len(doc.text) - 1)
             e = min(len(doc.text), s + rng.randint(1, 400))
             span = (s, e, None)
+        elif kind in ("line", "lines"):
+            if not lines:
+                continue
+            i = rng.randrange(len(lines))
+            j = i if kind == "line" else min(len(lines) - 1, i + rng.randint(1, 7))
+            if kind == "lines" and j == i:
+                continue
+            span = (lines[i][0], lines[j][1], kind)
         elif kind == "line-rest":
             if not pools[kind]:
                 continue
@@ -241,7 +274,7 @@ def file_examples(f: SourceFile, *, seed: int = 0, per_lines: int = 12, max_per_
     if docstrings:
         dex = docstring_examples(doc)
         rng.shuffle(dex)
-        out += dex[: max(1, n // 4)]
+        out += dex[: max(1 if docstring_share > 0 else 0, round(n * docstring_share))]
     return out
 
 
@@ -299,6 +332,31 @@ class RenderOptions:
     context_tokens: int = 256
     suffix_tokens: int = 256
     repo_name: Optional[str] = None
+    # Shares of examples rendered without the repository header at all (`bare`: what a client sends for an
+    # untitled buffer, and what FIM benchmarks send) and with the file path but no other files (`path`);
+    # the rest get path and repository context.
+    bare_share: float = 0.0
+    path_only_share: float = 0.0
+
+    def __post_init__(self):
+        if not (0 <= self.bare_share <= 1 and 0 <= self.path_only_share <= 1
+                and self.bare_share + self.path_only_share <= 1):
+            raise ValueError("bare_share and path_only_share must be in [0, 1] and add up to at most 1")
+
+
+RENDER_MODES = ("bare", "path", "context")
+
+
+def render_mode(options: RenderOptions, ex: Example, seed: int = 0) -> str:
+    """Which prompt form an example gets (deterministic in the example and the seed)."""
+    if options.bare_share <= 0 and options.path_only_share <= 0:
+        return "context"
+    u = _unit(seed, "render:" + ex.key())
+    if u < options.bare_share:
+        return "bare"
+    if u < options.bare_share + options.path_only_share:
+        return "path"
+    return "context"
 
 
 def make_context(root: Path, files: Sequence[SourceFile]):
@@ -313,14 +371,20 @@ def make_context(root: Path, files: Sequence[SourceFile]):
 
 
 def render_example(ex: Example, fmt: FimFormat, count: Callable[[str], int], options: RenderOptions,
-                   context=None, root: Optional[Path] = None, uid: str = "") -> str:
-    """The prompt the server would build for this gap (see the module docstring)."""
+                   context=None, root: Optional[Path] = None, uid: str = "", mode: str = "context") -> str:
+    """The prompt the server would build for this gap (see the module docstring). `mode`: "context" (path and
+    repository context), "path" (path only) or "bare" (prefix and suffix only)."""
     from intarsia.server.pipeline import Snapshot, build_prompt
 
+    if mode not in RENDER_MODES:
+        raise ValueError(f"unknown render mode {mode!r}")
     text = ex.prefix + ex.suffix
     offset = len(ex.prefix)
     files: list[RepoFile] = []
-    if context is not None and options.context_tokens > 0:
+    if mode == "bare":
+        return build_prompt(fmt, count, text, offset, budget=options.prompt_tokens,
+                            suffix_max=options.suffix_tokens).prompt
+    if context is not None and options.context_tokens > 0 and mode == "context":
         snap = Snapshot(uri=f"intarsia-train:{uid or ex.key()}", version=0, text=text, offset=offset,
                         language_id="", language=None, path=ex.path,
                         fs_path=str(root / ex.path) if root is not None else None)
@@ -329,5 +393,6 @@ def render_example(ex: Example, fmt: FimFormat, count: Callable[[str], int], opt
                         repo_name=options.repo_name, suffix_max=options.suffix_tokens).prompt
 
 
-__all__ = ["Example", "KINDS", "RenderOptions", "accepted_examples", "docstring_examples", "file_examples",
-           "make_context", "read_acceptance_events", "render_example", "split_files"]
+__all__ = ["Example", "KINDS", "KIND_WEIGHTS", "RENDER_MODES", "RenderOptions", "accepted_examples",
+           "docstring_examples", "file_examples", "make_context", "read_acceptance_events", "render_example",
+           "render_mode", "split_files"]

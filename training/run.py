@@ -23,7 +23,7 @@ from intarsia.model.fim import FimFormat
 from .crawl import CrawlResult, crawl, recent_files
 from .evaluate import EvalSettings, adapter_perplexity, eval_samples, evaluate, gate, write_report
 from .examples import (Example, RenderOptions, accepted_examples, file_examples, make_context,
-                       read_acceptance_events, render_example, split_files)
+                       read_acceptance_events, render_example, render_mode, split_files)
 from .trainer import TrainConfig, Tokenized, resolve_device, tokenize, train_lora
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ class TrainOptions:
     seed: int = 0
     examples_per_lines: int = 12
     max_examples: int = 0  # 0: all
+    # Span kinds and their shares ((kind, weight) pairs; None: examples.KIND_WEIGHTS) and the share of
+    # docstring → body examples per file.
+    kind_weights: Optional[tuple[tuple[str, float], ...]] = None
+    docstring_share: float = 0.25
     eval_next_line: int = 40
     eval_fim: int = 20
     perplexity_examples: int = 16
@@ -46,6 +50,9 @@ class TrainOptions:
     promote: bool = True
     use_acceptance_log: bool = True
     progress: bool = True
+    # Start from the base model's shipped fill-in-the-middle adapter (model.shipped) when it has one: the
+    # repository adapter continues it (same rank and targets) and replaces it when served.
+    from_fim_adapter: bool = True
 
 
 @dataclass
@@ -96,8 +103,11 @@ def prepare(repo: Path, options: TrainOptions, *, fmt: Optional[FimFormat] = Non
     train_files, held_files = split_files(result.files, held_out=options.held_out, seed=options.seed, recent=recent)
     if not train_files:
         raise IntarsiaError(f"{repo}: every supported file is held out; nothing is left to train on")
+    weights = dict(options.kind_weights) if options.kind_weights is not None else None
     examples = [e for f in train_files for e in file_examples(f, seed=options.seed,
-                                                               per_lines=options.examples_per_lines)]
+                                                               per_lines=options.examples_per_lines,
+                                                               weights=weights,
+                                                               docstring_share=options.docstring_share)]
     accepted = []
     if options.use_acceptance_log:
         from intarsia.server.acceptance import workspace_log_path
@@ -140,15 +150,18 @@ def _render_all(examples, context_files, root: Path, fmt: FimFormat, tokenizer, 
         if middle_tokens > limit // 2:
             continue
         budget = min(render.prompt_tokens, limit - middle_tokens)
-        prompt = render_example(ex, fmt, count, replace(render, prompt_tokens=budget), context, root, uid=str(k))
+        mode = render_mode(render, ex, options.seed)
+        prompt = render_example(ex, fmt, count, replace(render, prompt_tokens=budget), context, root, uid=str(k),
+                                mode=mode)
         t = tokenize(tokenizer, prompt, ex.middle, eos)
         if len(t.ids) <= limit:
             out.append(t)
     return out
 
 
-def _run_key(data: PreparedData, src_key: str, options: TrainOptions) -> str:
-    blob = json.dumps({"data": data.crawl.data_hash(), "base": src_key, "config": asdict(options.config),
+def _run_key(data: PreparedData, src_key: str, options: TrainOptions, init: str = "") -> str:
+    blob = json.dumps({"data": data.crawl.data_hash(), "base": src_key, "init": init,
+                       "config": asdict(options.config),
                        "render": asdict(options.render), "seed": options.seed, "held_out": options.held_out,
                        "examples": len(data.examples), "tokens": sum(len(t.ids) for t in data.tokenized)},
                       sort_keys=True, default=str)
@@ -169,6 +182,28 @@ def _eval_engine(src, built_path: Path, adapters: dict[str, Path], device: str):
     return OrtEngine(built_path, provider="cuda" if device == "cuda" else "cpu", adapters=adapters)
 
 
+def _fim_start(src, options: TrainOptions):
+    """(shipped adapter or None, adapter to start from or None) for a training run on `src`."""
+    from intarsia.model.shipped import shipped_for
+
+    from .trainer import TrainError, check_init_adapter
+
+    try:
+        shipped = shipped_for(src)
+    except IntarsiaError as e:
+        log.warning("the shipped fill-in-the-middle adapter is not used: %s", e)
+        return None, None
+    if shipped is None or not options.from_fim_adapter:
+        return shipped, None
+    try:
+        check_init_adapter(shipped.path, options.config)
+    except TrainError as e:
+        _say(f"training from the base model, not from the shipped FIM adapter: {e}")
+        return shipped, None
+    _say(f"starting from the shipped fill-in-the-middle adapter {shipped.name} ({shipped.sha256[:12]})")
+    return shipped, shipped
+
+
 def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop_after: Optional[int] = None,
                      command: Optional[str] = None) -> dict:
     """The whole `intarsia train` (see the module docstring). Returns the report (also written to the version
@@ -185,7 +220,7 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
     build_opts = BuildOptions() if src.kind != "hf" else BuildOptions(precision="fp32")
     if device == "cuda":
         build_opts = BuildOptions(precision="fp16", provider="cuda")
-    built = build(src, build_opts, progress=options.progress)
+    built = build(src, build_opts, progress=options.progress, fim_adapter=False)
     fmt = check_fim(built.path, built.manifest.get("fim_format"), src.name)
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     _say(f"crawling {repo} …")
@@ -197,9 +232,10 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
     if not data.tokenized:
         raise IntarsiaError(f"{repo}: no training example fits the context length")
     store = AdapterStore(root, src.cache_name)
-    run_dir = store.run_dir(_run_key(data, src.cache_name, options))
+    shipped, init = _fim_start(src, options)
+    run_dir = store.run_dir(_run_key(data, src.cache_name, options, init.sha256 if init is not None else ""))
     result = train_lora(hf_dir, data.tokenized, run_dir, options.config, device=device, progress=options.progress,
-                        stop_after=stop_after)
+                        stop_after=stop_after, init_adapter=init.path if init is not None else None)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -220,6 +256,12 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
     adapters = {"candidate": cand_onnx}
     if current is not None:
         adapters["current"] = onnx_adapter_for(current, built.path, build_key)
+    if shipped is not None:
+        from intarsia.model.build import with_fim_adapter
+
+        fim = with_fim_adapter(src, built).fim_adapter
+        if fim is not None:
+            adapters["shipped"] = fim
     samples = eval_samples(data.held_files, next_line=options.eval_next_line, fim=options.eval_fim,
                            seed=options.seed)
     settings = EvalSettings(prompt_tokens=options.render.prompt_tokens, context_tokens=options.render.context_tokens,
@@ -227,8 +269,8 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
     context = make_context(root, data.crawl.files) if settings.context_tokens > 0 else None
     scores, rows = {}, {}
     with _eval_engine(src, built.path, adapters, device) as engine:
-        variants = [("base", BASE_ADAPTER)] + ([("current", "current")] if current else []) + \
-                   [("adapted", "candidate")]
+        variants = [("base", BASE_ADAPTER)] + ([("shipped", "shipped")] if "shipped" in adapters else []) + \
+                   ([("current", "current")] if current else []) + [("adapted", "candidate")]
         for name, adapter in variants:
             res = evaluate(engine, fmt, samples, adapter=adapter, root=root, context=context, settings=settings,
                            repo_name=root.name, progress=options.progress, label=f"eval {name}")
@@ -237,17 +279,20 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
     if options.perplexity_examples and data.held_tokenized:
         ppl = adapter_perplexity(hf_dir, result.adapter_dir, data.held_tokenized, device=device,
                                  limit=options.perplexity_examples)
-    reference = "current" if current is not None else "base"
+    # The gate compares with what the server would serve without this adapter.
+    reference = "current" if current is not None else ("shipped" if "shipped" in scores else "base")
     promote, why = gate(scores["adapted"], scores[reference])
     report = {"repo": str(root), "base": {"name": src.name, "key": src.cache_name, "model_dir": str(built.path),
                                          "hf_dir": str(hf_dir)},
+              "started_from": {"adapter": init.name, "sha256": init.sha256} if init is not None else None,
               "command": command, "data": {**summary, "examples": len(data.tokenized)}, "training": training,
               "config": asdict(options.config), "render": asdict(options.render), "samples": len(samples),
               "scores": scores, "perplexity": ppl, "reference": reference,
               "decision": {"promoted": bool(promote and options.promote), "passed_gate": promote, "why": why},
               "seconds": round(time.perf_counter() - t_start, 1), "rows": rows}
     report_files = write_report(report, run_dir / "report")
-    manifest = {"base": report["base"], "data_hash": summary["data_hash"], "data": report["data"],
+    manifest = {"base": report["base"], "started_from": report["started_from"], "data_hash": summary["data_hash"],
+                "data": report["data"],
                 "config": report["config"], "render": report["render"], "scores": scores, "perplexity": ppl,
                 "decision": report["decision"], "command": command, "seed": options.seed,
                 "training": {k: v for k, v in training.items() if k != "losses"}}
@@ -261,7 +306,9 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
         store.promote(version.name)
         _say(f"promoted {version.name}: {why}")
     else:
-        _say(f"kept the {'current adapter ' + current.name if current else 'base model'}: {why}"
+        kept = ("current adapter " + current.name if current else
+                "shipped FIM adapter" if reference == "shipped" else "base model")
+        _say(f"kept the {kept}: {why}"
              if not promote else f"{version.name} passed the gate ({why}) but --no-promote was given")
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are not needed once the version exists
     return report
@@ -280,7 +327,7 @@ def evaluate_repository(repo: Path, *, base: Optional[str] = None, adapter: str 
 
     src = resolve_source(base)
     built = build(src, BuildOptions() if src.kind not in ("hf",) else BuildOptions(precision="fp32"),
-                  progress=options.progress)
+                  progress=options.progress, fim_adapter=False)
     fmt = check_fim(built.path, built.manifest.get("fim_format"), src.name)
     data = prepare(repo, options)
     root = data.crawl.root
@@ -307,9 +354,17 @@ def evaluate_repository(repo: Path, *, base: Optional[str] = None, adapter: str 
     settings = EvalSettings(prompt_tokens=options.render.prompt_tokens, context_tokens=options.render.context_tokens,
                             suffix_tokens=options.render.suffix_tokens)
     context = make_context(root, data.crawl.files) if settings.context_tokens > 0 else None
+    shipped, _ = _fim_start(src, replace(options, from_fim_adapter=False))
+    if shipped is not None:
+        from intarsia.model.build import with_fim_adapter
+
+        fim = with_fim_adapter(src, built).fim_adapter
+        if fim is not None:
+            adapters["shipped"] = fim
     scores = {}
+    variants = [("base", BASE_ADAPTER)] + [(n, n) for n in ("shipped", "adapted") if n in adapters]
     with _eval_engine(src, built.path, adapters, options.device if options.device != "auto" else "cpu") as engine:
-        for name, ad in [("base", BASE_ADAPTER)] + ([("adapted", "adapted")] if adapters else []):
+        for name, ad in variants:
             scores[name] = evaluate(engine, fmt, samples, adapter=ad, root=root, context=context, settings=settings,
                                     repo_name=root.name, progress=options.progress, label=f"eval {name}")["summary"]
     return {"repo": str(root), "base": src.name, "adapter": label, "samples": len(samples),
