@@ -237,6 +237,7 @@ def train(args) -> int:
     opts = TrainOptions(base=args.model, device=device, held_out=0.0, seed=args.seed,
                         examples_per_lines=args.per_lines, max_examples=args.max_examples,
                         kind_weights=FIM_KIND_WEIGHTS, docstring_share=args.docstring_share,
+                        eof_share=args.eof_share,
                         use_acceptance_log=False,
                         render=RenderOptions(prompt_tokens=args.prompt_tokens, context_tokens=args.context_tokens,
                                              suffix_tokens=args.suffix_tokens, repo_name="cpython",
@@ -246,8 +247,18 @@ def train(args) -> int:
     summary = data.summary()
     print(f"{len(data.tokenized)} examples, {summary['tokens']} tokens; kinds {summary['examples_by_kind']}",
           file=sys.stderr)
-    run_dir = work / "run"
-    result = train_lora(hf_dir, data.tokenized, run_dir, config, device=device)
+    init = Path(args.init).resolve() if args.init else None
+    previous = None
+    if init is not None:
+        from intarsia.model.shipped import MANIFEST, read_manifest
+
+        previous = read_manifest(init) if (init / MANIFEST).is_file() else None
+        if previous is not None and "adapter_sha256" in previous:
+            previous = {k: previous.get(k) for k in ("adapter_sha256", "command", "seed", "config", "training",
+                                                     "render", "kind_weights", "continued_from")}
+    key = hashlib.sha256(json.dumps([sys.argv[1:], str(init)]).encode()).hexdigest()[:10]
+    run_dir = work / f"run-{key}"
+    result = train_lora(hf_dir, data.tokenized, run_dir, config, device=device, init_adapter=init)
     out_dir = Path(args.out) if args.out else adapter_dir_for(src.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(result.adapter_dir / "adapter_config.json", out_dir / "adapter_config.json")
@@ -268,6 +279,9 @@ def train(args) -> int:
                    "suffix_tokens": args.suffix_tokens, "bare_share": args.bare_share,
                    "path_only_share": args.path_share},
         "kind_weights": dict(FIM_KIND_WEIGHTS),
+        "eof_share": args.eof_share,
+        # A continued run: the adapter it started from (its manifest's figures), so both steps are on record.
+        "continued_from": previous if init is not None else None,
         "config": {"rank": config.rank, "alpha": config.alpha, "dropout": config.dropout,
                    "target_modules": list(config.target_modules), "learning_rate": config.learning_rate,
                    "max_steps": config.max_steps, "batch_tokens": config.batch_tokens,
@@ -328,6 +342,9 @@ def main() -> int:
     t.add_argument("--docstring-share", type=float, default=0.15)
     t.add_argument("--max-examples", type=int, default=4000)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eof-share", type=float, default=0.0,
+                   help="share of examples whose file ends after the definition holding the gap")
+    t.add_argument("--init", default=None, help="peft folder to continue (e.g. the shipped adapter)")
     r = sub.add_parser("record")
     r.add_argument("results", nargs="+")
     r.add_argument("--model", default=None)

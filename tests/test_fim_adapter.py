@@ -57,6 +57,10 @@ def test_default_model_ships_an_adapter_whose_files_match_its_manifest():
         assert m["data"]["licences"] and len(m["data"]["file_list"]) == m["data"]["files"] > 0
         assert m["data"]["overlap_with_eval_sets"]["tasks_with_entry_point_and_a_solution_line"] == []
         assert m["training"]["steps"] > 0 and m["training"]["last_loss"] < m["training"]["first_loss"]
+        prev = m.get("continued_from")  # a continued run keeps the first run's record
+        if prev is not None:
+            assert prev["command"].startswith("python benchmarks/train_fim_adapter.py train")
+            assert prev["adapter_sha256"] != m["adapter_sha256"] and prev["training"]["steps"] > 0
         assert "single-line" in m["scores"]
         with safe_open(str(folder / WEIGHTS), "pt") as f:
             keys = list(f.keys())

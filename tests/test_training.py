@@ -215,6 +215,17 @@ def test_spans_are_tree_sitter_nodes_and_docstring_cut_as_served(repo):
             "docstring"} <= seen
 
 
+def test_end_of_file_examples_cut_the_file_after_the_gap_definition():
+    from intarsia.training.examples import at_end_of_file
+
+    last = Example("m.py", "line", "def f(x):\n    y = x\n", "    return y\n", "\n\ndef g():\n    pass\n")
+    assert at_end_of_file(last).suffix == "" and at_end_of_file(last).middle == last.middle
+    inner = Example("m.py", "line", "def f(x):\n", "    y = x\n", "    return y\n\n# note\nclass A:\n    pass\n")
+    assert at_end_of_file(inner).suffix == "    return y\n\n# note\n"
+    alone = Example("m.py", "line", "x = 1\n", "y = 2\n", "")
+    assert at_end_of_file(alone) == alone
+
+
 def test_kind_weights_and_prompt_forms(repo):
     """A chosen mix of span kinds; prompts rendered bare, with the path, or with repository context."""
     from intarsia.model.fim import QWEN25_CODER

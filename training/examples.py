@@ -26,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -278,6 +279,19 @@ def file_examples(f: SourceFile, *, seed: int = 0, per_lines: int = 12, max_per_
     return out
 
 
+_TOP_LEVEL = re.compile(r"\n(?=[^\s#])")
+
+
+def at_end_of_file(ex: Example) -> Example:
+    """The same gap in a file that ends with the top-level definition (or statement) holding it: the suffix is
+    cut before the next line that starts in column 0. The cursor at the end of a file is common in an editor
+    (and in function-level benchmarks); the model must learn to end the middle there too, with nothing after
+    it to stop at."""
+    m = _TOP_LEVEL.search(ex.suffix)
+    cut = ex.suffix[: m.start() + 1] if m else ex.suffix
+    return replace(ex, suffix=cut if cut.strip() else "")
+
+
 def accepted_examples(files: Sequence[SourceFile], events: Iterable[dict], *, min_similarity: float = 0.9,
                       min_chars: int = 8) -> list[Example]:
     """Suggestions accepted in the editor and still in the code (acceptance log: `shown` gives the path,
@@ -393,6 +407,6 @@ def render_example(ex: Example, fmt: FimFormat, count: Callable[[str], int], opt
                         repo_name=options.repo_name, suffix_max=options.suffix_tokens).prompt
 
 
-__all__ = ["Example", "KINDS", "KIND_WEIGHTS", "RENDER_MODES", "RenderOptions", "accepted_examples",
+__all__ = ["Example", "KINDS", "KIND_WEIGHTS", "RENDER_MODES", "RenderOptions", "accepted_examples", "at_end_of_file",
            "docstring_examples", "file_examples", "make_context", "read_acceptance_events", "render_example",
            "render_mode", "split_files"]

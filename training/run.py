@@ -22,7 +22,7 @@ from intarsia.model.fim import FimFormat
 
 from .crawl import CrawlResult, crawl, recent_files
 from .evaluate import EvalSettings, adapter_perplexity, eval_samples, evaluate, gate, write_report
-from .examples import (Example, RenderOptions, accepted_examples, file_examples, make_context,
+from .examples import (Example, RenderOptions, accepted_examples, at_end_of_file, file_examples, make_context,
                        read_acceptance_events, render_example, render_mode, split_files)
 from .trainer import TrainConfig, Tokenized, resolve_device, tokenize, train_lora
 
@@ -42,6 +42,8 @@ class TrainOptions:
     # docstring → body examples per file.
     kind_weights: Optional[tuple[tuple[str, float], ...]] = None
     docstring_share: float = 0.25
+    # Share of examples whose file is cut after the top-level definition holding the gap (examples.at_end_of_file)
+    eof_share: float = 0.0
     eval_next_line: int = 40
     eval_fim: int = 20
     perplexity_examples: int = 16
@@ -108,6 +110,11 @@ def prepare(repo: Path, options: TrainOptions, *, fmt: Optional[FimFormat] = Non
                                                                per_lines=options.examples_per_lines,
                                                                weights=weights,
                                                                docstring_share=options.docstring_share)]
+    if options.eof_share > 0:
+        from .examples import _unit
+
+        examples = [at_end_of_file(e) if _unit(options.seed, "eof:" + e.key()) < options.eof_share else e
+                    for e in examples]
     accepted = []
     if options.use_acceptance_log:
         from intarsia.server.acceptance import workspace_log_path
