@@ -46,6 +46,8 @@ def main() -> int:
     ap.add_argument("--eval-fim", type=int, default=20)
     ap.add_argument("--held-out", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-base", action="store_true",
+                    help="train from the plain model, not from the model's shipped FIM adapter")
     args = ap.parse_args()
 
     from intarsia.training.examples import RenderOptions
@@ -66,6 +68,7 @@ def main() -> int:
     opts = TrainOptions(
         base=args.base, device=args.device, held_out=args.held_out, seed=args.seed, max_examples=args.max_examples,
         eval_next_line=args.eval_next_line, eval_fim=args.eval_fim, promote=False, use_acceptance_log=False,
+        from_fim_adapter=not args.from_base,
         render=RenderOptions(prompt_tokens=args.prompt_tokens, context_tokens=args.context_tokens),
         config=TrainConfig(rank=args.rank, alpha=2 * args.rank, learning_rate=args.lr, max_steps=args.max_steps,
                            epochs=args.epochs, batch_tokens=args.batch_tokens, context_length=args.context_length,

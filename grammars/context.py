@@ -507,6 +507,48 @@ class CursorContext:
         o = self.offset
         return 0 < o < len(t) and bool(_IDENT_RE.match(t[o - 1])) and bool(_IDENT_RE.match(t[o]))
 
+    def definition_region(self, max_chars: int) -> Optional[Window]:
+        """The whole definition the cursor is in (`enclosing_definition`), from its header line to the
+        next statement at its level or above - skipping what error recovery left behind it (ERROR nodes,
+        lines indented deeper than its header), which still belongs to it - with stand-in headers for the
+        levels enclosing it, as a standalone piece of Python. None outside a definition or when it is
+        longer than `max_chars`."""
+        if not self.python or self.tree is None:
+            return None
+        d = self.enclosing_definition(None)
+        if d is None:
+            return None
+        node, _, def_indent = d
+        text = self.text
+        a = text.rfind("\n", 0, self.to_char(node.start_byte)) + 1
+        outer = node.parent if node.parent is not None and node.parent.type == "decorated_definition" else node
+        b = None
+        sib = outer.next_sibling
+        while sib is not None:
+            if sib.type not in ("ERROR", "comment") and sib.start_byte >= self.cursor_b and \
+                    self._line_indent_at_byte(sib.start_byte) <= def_indent:
+                b = text.rfind("\n", 0, self.to_char(sib.start_byte)) + 1
+                break
+            sib = sib.next_sibling
+        if b is None:
+            parent = outer.parent
+            b = self.to_char(parent.end_byte) if parent is not None else len(text)
+            nl = text.find("\n", b)
+            b = len(text) if nl < 0 else nl + 1
+        b = max(b, self.offset)
+        if b - a > max_chars:
+            return None
+        ws_at: dict[int, str] = {0: ""}
+        parent = node.parent
+        while parent is not None:
+            ci = self.to_char(parent.start_byte)
+            ls = text.rfind("\n", 0, ci) + 1
+            if text[ls:ci].strip() == "":
+                ws_at.setdefault(indent_width(text[ls:ci]), text[ls:ci])
+            parent = parent.parent
+        head = "".join(ws_at[w] + _STAND_IN for w in sorted(ws_at) if w < def_indent)
+        return Window(a, b, tuple(sorted(ws_at)), False, head)
+
     def enclosing_definition(self, first_indent: Optional[int]) -> Optional[tuple[tree_sitter.Node, str, int]]:
         """The definition the insertion belongs to: the outermost function containing the code before
         the cursor (or, without one, the innermost class). With `first_indent` (the insertion starts

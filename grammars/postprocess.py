@@ -28,8 +28,13 @@ Rules, in the order they apply (`PostResult.rules` lists those that changed the 
    MISSING node appears that was not there before - errors already in the document are matched by
    position, so a document broken elsewhere still gets suggestions, and a candidate leaving no error
    at all is preferred to one that leaves old errors in place - and, for Python, indentation stays
-   consistent (tree-sitter-python does not check it: `_IndentChecker`). Without a grammar,
-   bracket/string balance on the cursor's line stands in.
+   consistent (tree-sitter-python does not check it: `_IndentChecker`). Python also has to get past
+   CPython's own parser (tree-sitter-python accepts some code it rejects: a `try:` left without
+   `except`, `a == *b`, a second `else:`): the window with the candidate must compile wherever it
+   compiled before; where the text is already broken around the cursor, the whole definition is
+   compiled and an error left on the candidate's lines, or after them in that definition, is the
+   candidate's to fix (`_Validator._compiles`). Without a grammar, bracket/string balance on the
+   cursor's line stands in.
 8. ``reindent`` - indentation fitted to the cursor's block: the indentation already typed before the
    cursor repeated by the model is dropped (tried first right after a block header, where both
    parse), a block shifted as a whole is moved to the expected level (tried when nothing else is
@@ -40,8 +45,10 @@ Nothing valid means no suggestion (`text == ""`, `valid is False`), never a brok
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -69,6 +76,14 @@ _TERMINATORS = ("return", "raise", "continue", "break")
 _DEF_HEADS = ("def", "class", "async", "@")
 _CLAUSE_HEADS = ("elif", "else", "except", "finally")
 _WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Python's own parser has the last word on Python: tree-sitter-python accepts some code CPython rejects
+# (`try:` without `except`, `x == *y`, a second `else:`). It compiles the definition holding the cursor when
+# that is at most this long (else the validity window); about 0.3 ms per KB.
+_COMPILE_REGION_CHARS = 6000
+_COMPILE_FILENAME = "<intarsia-check>"
+_CANNOT_JUDGE = ("", 0, 0)
+_UNFINISHED_AT_END = ("expected 'except' or 'finally' block", "expected an indented block")
+_ABOUT_LINE_RE = re.compile(r"\bon line (\d+)")  # "expected an indented block after 'if' statement on line 3"
 
 
 @dataclass(frozen=True)
@@ -830,6 +845,9 @@ class _Validator:
         self._closing: dict[LexState, int] = {}  # where the suffix closes what a candidate left open
         self._pieces: list[tuple[int, int]] = []
         self._junction_cache: dict[tuple[int, int, str], int] = {}
+        self._definition: "Optional[Window] | bool" = False  # definition_region, once computed
+        self._compile_old: dict[tuple[int, int, str], Optional[tuple[str, int, int]]] = {}
+        self._broken: dict[tuple[int, int, str], bool] = {}
 
     def check(self, t: str) -> tuple[Optional[int], str]:
         """(tier, why): tier CLEAN (no error at all where the insertion is judged), NO_NEW (only errors
@@ -858,7 +876,122 @@ class _Validator:
             # The text before the edit is broken at the cursor: only a candidate that mends it fits (one
             # leaving the error in place would be a guess at what the code around it means).
             return None, "the code after the cursor still does not fit"
+        if ctx.python and win is not None:
+            why_not = self._compiles(t, win)
+            if why_not:
+                return None, why_not
         return tier, why
+
+    # CPython's parser ---------------------------------------------------------------------------------
+
+    def _compiles(self, t: str, win: Window) -> str:
+        """Python: with `t` inserted, the validity window must compile wherever the unedited window did.
+        Where it did not (the text is broken around the cursor), the definition holding the cursor is
+        judged instead (`_compile_region`): the insertion must leave no compile error on its own lines
+        nor, inside that definition, after it. An old error before the insertion hides what follows
+        (CPython reports the first error only): tree-sitter's verdict stands there. Returns why not,
+        or ""."""
+        if win.whole_document or win.end - win.start > 2 * _COMPILE_REGION_CHARS:
+            return ""  # too long to compile per candidate: tree-sitter's verdict stands
+        why = self._judge(t, win, -1)
+        if why and self._old_compile_error(win) is None:
+            return why
+        region, strict_end = self._compile_region(win)
+        if strict_end < 0 or (not why and self._old_compile_error(region) is None):
+            return why  # nothing to judge beyond the window, or a definition that compiled before
+        return self._judge(t, region, strict_end)
+
+    def _old_compile_error(self, region: Window) -> Optional[tuple[str, int, int]]:
+        key = (region.start, region.end, region.head)
+        old = self._compile_old.get(key, False)
+        if old is False:
+            ctx = self.ctx
+            old = self._compile_old[key] = _compile_error(region.head + ctx.text[region.start:region.end])
+        return old
+
+    def _judge(self, t: str, region: Window, strict_end: int) -> str:
+        ctx = self.ctx
+        before = region.head + ctx.text[region.start:ctx.offset]
+        after = ctx.text[ctx.offset:region.end]
+        new = _compile_error(before + t + after)
+        if new is None or new == _CANNOT_JUDGE:
+            return ""
+        old = self._old_compile_error(region)
+        if old == _CANNOT_JUDGE:
+            return ""
+        msg, line, col = new
+        head_lines = region.head.count("\n")
+        about = _ABOUT_LINE_RE.search(msg)
+        if line <= head_lines or (about is not None and int(about.group(1)) <= head_lines):
+            return ""  # about a stand-in header (left without a body by a dedent): nothing to judge
+        src = before + t + after
+        if strict_end < 0 and line >= src.count("\n") and msg.startswith(_UNFINISHED_AT_END):
+            return ""  # the window ends inside a compound statement whose rest lies after it
+        why = f"does not compile ({msg})"
+        if old is None:
+            return why
+        first = before.count("\n") + 1  # the insertion's lines in the compiled text
+        added = t.count("\n")
+        if first <= line <= first + added:
+            return why
+        mapped = (msg, line, col) if line < first else (msg, line - added, col)
+        if mapped != old:
+            if line > first + added and self._foreign_statement(src, line):
+                return ""  # an old error CPython only reaches now that the insertion mended the first one
+            return why
+        if line < first:
+            return ""
+        if strict_end >= 0 and line - added <= head_lines + ctx.text.count("\n", region.start, strict_end) \
+                and self._region_broken(region, before + after):
+            return f"leaves a compile error in the definition after the cursor ({msg})"
+        return ""
+
+    def _foreign_statement(self, src: str, line: int) -> bool:
+        """The logical line holding `line` (1-based) of `src` does not compile even on its own: syntax of
+        a later Python than this one (`type X = ...`, PEP 701 f-strings), not a structure the insertion
+        broke. A clause (else:, except:, ...) cannot stand alone, so it never counts."""
+        ctx = self.ctx
+        scan = ctx.lexer.scan(src)
+        k = min(line - 1, len(scan.lines) - 1)
+        while k > 0 and not scan.lines[k].logical_start:
+            k -= 1
+        first = scan.lines[k]
+        if first.head in _CLAUSE_HEADS or not first.logical_start:
+            return False
+        end = k
+        while end < len(scan.lines) - 1 and (scan.lines[end].depth_end > 0 or scan.lines[end].in_string_end):
+            end += 1
+        stmt = src[first.start:scan.lines[end].end].lstrip()
+        if stmt.rstrip().endswith(":"):
+            stmt = stmt.rstrip() + "\n    pass"
+        alone = _compile_error(stmt + "\n")
+        return alone is not None and alone != _CANNOT_JUDGE
+
+    def _compile_region(self, win: Window) -> tuple[Window, int]:
+        """(region, strict_end): the definition holding the cursor, where an error left after the
+        insertion is the insertion's to fix, and its end; else (outside a definition, in a long one, or
+        a window starting before the definition) the validity window and -1."""
+        if self._definition is False:
+            self._definition = self.ctx.definition_region(_COMPILE_REGION_CHARS)
+        d = self._definition
+        if d is None or d.start > win.start:
+            return win, -1
+        return d, d.end
+
+    def _region_broken(self, region: Window, old_src: str) -> bool:
+        """Does our own syntax check (tree-sitter, indentation) see the unedited definition as broken? A
+        compile error it does not see is taken for a newer Python's syntax, not a broken document."""
+        key = (region.start, region.end, region.head)
+        hit = self._broken.get(key)
+        if hit is None:
+            ctx = self.ctx
+            hit = ctx.parser.parse(encode(old_src)).root_node.has_error
+            if not hit:
+                checker = _IndentChecker(ctx.lexer, (0,))
+                checker.feed(old_src)
+                hit = bool(checker.finish(region.end >= len(ctx.text)))
+            self._broken[key] = hit
+        return hit
 
     def _mended(self, t: str, win: Window) -> bool:
         """With `t` inserted, no syntax error reaches the cursor's line (nor the end of the line before it)."""
@@ -1172,6 +1305,24 @@ class _Validator:
         if b_new > b_old:
             return None, "unbalanced brackets or quotes"
         return (CLEAN if b_new == 0 else NO_NEW), ""
+
+
+def _compile_error(src: str) -> Optional[tuple[str, int, int]]:
+    """CPython's first syntax error in `src` as (message, line, column), None when it compiles (to an
+    AST: the checks of the compiler proper, `return` outside a function and the like, do not apply to a
+    piece of a file), `_CANNOT_JUDGE` when the parser gives no position or cannot take the text."""
+    try:
+        with warnings.catch_warnings():
+            # The user's code is not ours to warn about (invalid escape sequences and the like).
+            warnings.simplefilter("ignore")
+            compile(src, _COMPILE_FILENAME, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    except SyntaxError as e:
+        if e.lineno is None:
+            return _CANNOT_JUDGE
+        return (str(e.msg), e.lineno, e.offset or 0)
+    except (ValueError, RecursionError, MemoryError, OverflowError):
+        return _CANNOT_JUDGE
+    return None
 
 
 def _fresh_errors(old: list[_ErrKey], new: list[_ErrKey], ins_b: int, t_len: int) -> list[_ErrKey]:

@@ -513,3 +513,87 @@ def test_comment_dedented_to_the_definition_before_the_block_end_is_dropped():
     marked = "def f(x):\n    if x:\n|    return x\n"
     r = run(marked, "        x += 1\n\n# Test cases\nprint(f(1))\n")
     assert r.text == "        x += 1\n"
+
+
+# -- CPython's parser has the last word on Python ----------------------------------------------------------
+
+
+def compiles(marked: str, inserted: str) -> bool:
+    import ast
+
+    text, off = at(marked)
+    try:
+        ast.parse(text[:off] + inserted + text[off:])
+    except SyntaxError:
+        return False
+    return True
+
+
+def test_starred_operand_that_tree_sitter_accepts_is_refused():
+    # tree-sitter-python takes `a**b == *a` as an expression with a list splat; CPython does not.
+    marked = "def right(a, b, c):\n    return a*|*a + c*c or c*c == a*a + b*b\n"
+    assert not errors_after(marked, "*b == ") and not compiles(marked, "*b == ")
+    r = run(marked, "*b == ")
+    assert r.text == "" and not r.valid and "does not compile" in r.reason
+    r = run(marked, "a == b*b + c*c or b*b == a")
+    assert r.valid and r.text == "a == b*b + c*c or b*b == a"
+
+
+def test_try_left_without_except_is_refused():
+    # The body of a try: is cut; the suggestion must bring back the except: that the text after it lacks.
+    marked = ("def valid(d):\n    try:\n        m = int(d)\n        if m < 1:\n|        return False\n\n"
+              "    return True\n")
+    body = "            return False\n        if m > 12:\n            return False\n"
+    assert not errors_after(marked, body) and not compiles(marked, body)
+    r = run(marked, body)
+    assert r.text == "" and not r.valid
+    fixed = "            return False\n    except ValueError:\n"
+    r = run(marked, fixed)
+    assert r.valid and compiles(marked, r.text)
+
+
+def test_error_left_after_the_cursor_in_the_same_definition_is_the_suggestions_to_fix():
+    # A random-span hole: the if-statement the next lines belong to was cut out with it.
+    marked = ("def any_int(x, y, z):\n    if isinstance(x, int) and isinstance(y, i|) or (x+z==y):\n"
+              "            return True\n        return False\n    return False\n")
+    r = run(marked, "nt")
+    assert r.text == "" and not r.valid
+    mended = "nt) and isinstance(z, int):\n        if (x+y==z"
+    r = run(marked, mended)
+    assert r.valid and r.text == mended and compiles(marked, mended)
+
+
+def test_compile_errors_elsewhere_still_get_suggestions():
+    # Another definition is broken (and CPython stops at its error first): suggestions still come.
+    marked = "def g(:\n    pass\n\n\ndef f(x):\n    y = |\n    return y\n"
+    r = run(marked, "x + 1")
+    assert r.valid and r.text == "x + 1"
+    # Broken below, in another definition.
+    marked = "def f(x):\n    y = |\n    return y\n\n\ndef g(:\n    pass\n"
+    r = run(marked, "x + 1")
+    assert r.valid and r.text == "x + 1"
+
+
+def test_syntax_tree_sitter_accepts_but_this_python_does_not_is_not_held_against_a_suggestion():
+    # A construct this interpreter's parser rejects while tree-sitter takes it (here: a soft keyword
+    # statement of a later Python, `type X = ...`, where it is not supported) is not the suggestion's doing.
+    import sys
+
+    marked = "def f(x):\n    y = |\n    type Alias = list[int]\n    return y\n"
+    r = run(marked, "x + 1")
+    if sys.version_info < (3, 12):
+        assert not compiles(marked, "x + 1")
+    assert r.valid and r.text == "x + 1"
+
+
+def test_compile_check_raises_no_warnings(capfd):
+    import warnings
+
+    marked = 'def f(s):\n    p = "\\d+"\n    return |\n'
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = run(marked, "p + s")
+    assert r.valid and r.text == "p + s"
+    assert [str(w.message) for w in seen] == []
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
