@@ -19,7 +19,8 @@ Rules, in the order they apply (`PostResult.rules` lists those that changed the 
    later whole lines is one of the next two lines of code, indentation included, and specific enough
    (not `else:` or `}`), when whole lines are inserted: removed from there on.
 6. Candidates, in order of preference: LINE scope - the first line (``scope-line``; longer only when
-   one line cannot be valid); BLOCK scope and the middle of a line - the longest prefix (in the
+   one line cannot be valid: then the whole completion when the model ended it itself, else the
+   shortest valid extension); BLOCK scope and the middle of a line - the longest prefix (in the
    middle of a line the completion may end mid-line: the rest of the line continues it). Cut points:
    line ends (``syntax-truncate``), before a bracket or quote that closes one opened before the
    cursor (``closing-bracket``), before closing punctuation already after the cursor
@@ -178,7 +179,7 @@ def process(ctx: CursorContext, completion: str, scope: Scope, *, truncated: boo
         dropped = (Removal("incomplete-last-line", w[cut:]),)
         rules.append("incomplete-last-line")
         w = w[:cut]
-    fitter = _Fitter(ctx, scope)
+    fitter = _Fitter(ctx, scope, ended=not truncated)
     res = None
     if _repeats_block_indent(ctx, w):
         res = fitter.fit(w[len(ctx.line_before):], rules + ["reindent"])
@@ -317,9 +318,10 @@ class _Cand:
 
 
 class _Fitter:
-    def __init__(self, ctx: CursorContext, scope: Scope):
+    def __init__(self, ctx: CursorContext, scope: Scope, ended: bool = False):
         self.ctx = ctx
         self.scope = scope
+        self.ended = ended  # the model ended the completion itself (not cut by its token limit)
         self.checks = 0
         self._validator = _Validator(ctx)
         # Cuts at line ends keep the newline when whole lines are inserted (cursor at column 0) or at
@@ -381,7 +383,7 @@ class _Fitter:
             if checks >= budget:
                 break
             t = v[:cand.end]
-            if cand.end < len(v):
+            if cand.end < len(v) or self.scope is Scope.LINE:
                 t = self._trim_cut(t)
             if cand.add_newline:
                 t = t + ctx.newline
@@ -465,10 +467,14 @@ class _Fitter:
             for c in reversed(closes):
                 if c < first_end:
                     out.append(_Cand(c, "closing-bracket"))
-            for e in ends:  # one line cannot be valid: the shortest valid extension
+            # One line cannot be valid: what the model ended itself (when it did), else the shortest
+            # valid extension.
+            if self.ended and first_end < n:
+                full_at(n, "")
+            for e in ends:
                 if e > first_end:
                     out.append(_Cand(e, "syntax-truncate"))
-            if first_end < n:
+            if first_end < n and not self.ended:
                 full_at(n, "")
         else:
             # BLOCK, or the middle of a line (the completion must land on the rest of the line):

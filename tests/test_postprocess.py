@@ -226,7 +226,14 @@ def test_line_scope_keeps_the_first_line():
 
 
 def test_line_scope_extends_when_one_line_cannot_be_valid():
+    # Cut by the token limit: the shortest valid extension.
+    r = run("def f(x):\n    y = foo(|\n", "1,\n            2)\n    return y\n    z", scope=Scope.LINE,
+            truncated=True)
+    assert r.text == "1,\n            2)"
+    # Ended by the model itself: all of it, when valid.
     r = run("def f(x):\n    y = foo(|\n", "1,\n            2)\n    return y\n", scope=Scope.LINE)
+    assert r.text == "1,\n            2)\n    return y"
+    r = run("def f(x):\n    y = foo(|\n", "1,\n            2)\n  return y\n", scope=Scope.LINE)
     assert r.text == "1,\n            2)"
 
 
