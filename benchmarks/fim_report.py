@@ -1,6 +1,7 @@
 """Markdown table and PNG chart from `fim_quality.py --postprocess` results (raw vs post-processed).
 
-    python benchmarks/fim_report.py benchmarks/results/fim_*_100.json --out benchmarks/results/fim_quality
+    python benchmarks/fim_report.py benchmarks/results/fim_*_100.json benchmarks/results/fim_adapter_*.json \
+        --out benchmarks/results/fim_quality
 
 Writes OUT.md and OUT.png (matplotlib, from the `stats` extra) and prints the markdown.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 ROWS = [
@@ -31,7 +33,9 @@ def load(paths: list[Path]) -> list[tuple[str, str, dict]]:
             s = r["summary"]
             if "postprocessed" not in s:
                 continue
-            out.append((f"{d['task']} ({d['n']})", engine, s))
+            # Results of an earlier version of a shipped adapter are kept under a `_stageN_` file name.
+            stage = re.search(r"_stage(\d+)_", p.name)
+            out.append((f"{d['task']} ({d['n']})", engine + (f" (stage-{stage.group(1)} run)" if stage else ""), s))
     return out
 
 

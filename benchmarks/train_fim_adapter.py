@@ -309,6 +309,8 @@ def record(args) -> int:
     for p in args.results:
         res = json.loads(Path(p).read_text())
         task = res.get("task", Path(p).stem)
+        if "_full" in Path(p).stem:
+            task += " (full set)"  # kept beside the side-by-side sample
         manifest["scores"][task] = {
             "n": res.get("n"), "seed": res.get("seed"), "max_new_tokens": res.get("max_new_tokens"),
             "command": res.get("command"),
