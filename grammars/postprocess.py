@@ -78,9 +78,11 @@ _DEF_HEADS = ("def", "class", "async", "@")
 _CLAUSE_HEADS = ("elif", "else", "except", "finally")
 _WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Python's own parser has the last word on Python: tree-sitter-python accepts some code CPython rejects
-# (`try:` without `except`, `x == *y`, a second `else:`). It compiles the definition holding the cursor when
-# that is at most this long (else the validity window); about 0.3 ms per KB.
-_COMPILE_REGION_CHARS = 6000
+# (`try:` without `except`, `x == *y`, a second `else:`). It compiles the validity window when that is at most
+# _COMPILE_WINDOW_CHARS long and, where the text is broken around the cursor, the definition holding it when
+# that is at most _COMPILE_REGION_CHARS (about 0.15 ms per KB each; longer ones keep tree-sitter's verdict).
+_COMPILE_WINDOW_CHARS = 3000
+_COMPILE_REGION_CHARS = 2000
 _COMPILE_FILENAME = "<intarsia-check>"
 _CANNOT_JUDGE = ("", 0, 0)
 _UNFINISHED_AT_END = ("expected 'except' or 'finally' block", "expected an indented block")
@@ -883,25 +885,26 @@ class _Validator:
             # leaving the error in place would be a guess at what the code around it means).
             return None, "the code after the cursor still does not fit"
         if ctx.python and win is not None:
-            why_not = self._compiles(t, win)
+            why_not = self._compiles(t, win, tier == CLEAN)
             if why_not:
                 return None, why_not
         return tier, why
 
     # CPython's parser ---------------------------------------------------------------------------------
 
-    def _compiles(self, t: str, win: Window) -> str:
+    def _compiles(self, t: str, win: Window, clean: bool) -> str:
         """Python: with `t` inserted, the validity window must compile wherever the unedited window did.
-        Where it did not (the text is broken around the cursor), the definition holding the cursor is
-        judged instead (`_compile_region`): the insertion must leave no compile error on its own lines
-        nor, inside that definition, after it. An old error before the insertion hides what follows
+        Where it did not, or where the checks before found errors already in the text (`clean` False: the
+        text is broken around the cursor), the definition holding the cursor is judged instead
+        (`_compile_region`): the insertion must leave no compile error on its own lines nor, inside that
+        definition, after it. An old error before the insertion hides what follows
         (CPython reports the first error only): tree-sitter's verdict stands there. Returns why not,
         or ""."""
-        if win.whole_document or win.end - win.start > 2 * _COMPILE_REGION_CHARS:
+        if win.whole_document or win.end - win.start > _COMPILE_WINDOW_CHARS:
             return ""  # too long to compile per candidate: tree-sitter's verdict stands
         why = self._judge(t, win, -1)
-        if why and self._old_compile_error(win) is None:
-            return why
+        if self._old_compile_error(win) is None and (why or clean):
+            return why  # a window that compiled before, in text with no error: its verdict is final
         region, strict_end = self._compile_region(win)
         if strict_end < 0 or (not why and self._old_compile_error(region) is None):
             return why  # nothing to judge beyond the window, or a definition that compiled before
