@@ -885,27 +885,28 @@ class _Validator:
             # leaving the error in place would be a guess at what the code around it means).
             return None, "the code after the cursor still does not fit"
         if ctx.python and win is not None:
-            why_not = self._compiles(t, win, tier == CLEAN)
+            why_not = self._compiles(t, win)
             if why_not:
                 return None, why_not
         return tier, why
 
     # CPython's parser ---------------------------------------------------------------------------------
 
-    def _compiles(self, t: str, win: Window, clean: bool) -> str:
+    def _compiles(self, t: str, win: Window) -> str:
         """Python: with `t` inserted, the validity window must compile wherever the unedited window did.
-        Where it did not, or where the checks before found errors already in the text (`clean` False: the
-        text is broken around the cursor), the definition holding the cursor is judged instead
-        (`_compile_region`): the insertion must leave no compile error on its own lines nor, inside that
-        definition, after it. An old error before the insertion hides what follows
-        (CPython reports the first error only): tree-sitter's verdict stands there. Returns why not,
-        or ""."""
+        Where the definition holding the cursor reaches beyond the window and did not compile before (the
+        text is broken around the cursor), that definition is judged instead (`_compile_region`): the
+        insertion must leave no compile error on its own lines nor, inside that definition, after it. An
+        old error before the insertion hides what follows (CPython reports the first error only):
+        tree-sitter's verdict stands there. Returns why not, or ""."""
         if win.whole_document or win.end - win.start > _COMPILE_WINDOW_CHARS:
             return ""  # too long to compile per candidate: tree-sitter's verdict stands
         why = self._judge(t, win, -1)
-        if self._old_compile_error(win) is None and (why or clean):
-            return why  # a window that compiled before, in text with no error: its verdict is final
         region, strict_end = self._compile_region(win)
+        if not why and (strict_end < 0 or win.end >= strict_end):
+            return ""  # compiles, and no part of the definition lies beyond the window
+        if why and self._old_compile_error(win) is None:
+            return why  # the window compiled before the insertion
         if strict_end < 0 or (not why and self._old_compile_error(region) is None):
             return why  # nothing to judge beyond the window, or a definition that compiled before
         return self._judge(t, region, strict_end)

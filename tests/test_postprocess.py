@@ -604,3 +604,13 @@ def test_compile_check_raises_no_warnings(capfd):
     assert [str(w.message) for w in seen] == []
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_clause_left_without_its_statement_beyond_the_window_is_refused():
+    # The gap held `try:`; its `except:` lies beyond the validity window, in the same definition.
+    marked = ("def f(arr):\n    out = []\n    for v in arr:\n|            out.append(v)\n        except:\n"
+              "            pass\n    return out\n")
+    r = run(marked, "        if v > 0:\n")
+    assert r.text == "" and not r.valid
+    r = run(marked, "        try:\n")
+    assert r.valid and r.text == "        try:\n" and compiles(marked, r.text)
