@@ -610,14 +610,14 @@ def _newline_style(text: str, offset: int) -> str:
     return "\r\n" if n and crlf * 2 > n else "\n"
 
 
-_INDENT_RE = re.compile(r"^([ \t]+)\S", re.M)
+_INDENT_RE = re.compile(r"\n([ \t]+)(?=\S)")
 
 
 def _indent_unit(text: str, line_start: int) -> str:
     """Indentation unit near the cursor: "\\t" when tabs dominate, else the most common step."""
     lo = line_start
     for _ in range(_STYLE_LINES // 2):
-        p = text.rfind("\n", 0, lo - 1)
+        p = text.rfind("\n", 0, lo - 1) if lo > 0 else -1
         if p < 0:
             lo = 0
             break
@@ -629,7 +629,8 @@ def _indent_unit(text: str, line_start: int) -> str:
             hi = len(text)
             break
         hi = p
-    indents = _INDENT_RE.findall(text, lo, hi)
+    # "\n" + indentation before a non-blank character (lo is a line start: the newline before it counts).
+    indents = _INDENT_RE.findall(text, lo - 1, hi) if lo > 0 else _INDENT_RE.findall("\n" + text[:hi])
     if not indents:
         return "    "
     tabs = sum(1 for s in indents if s[0] == "\t")

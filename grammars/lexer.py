@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .registry import Syntax
 
@@ -32,8 +32,7 @@ class LexState:
     line_comment: bool = False  # the text ended inside a line comment (continued by the next scan)
 
 
-@dataclass(frozen=True)
-class LineInfo:
+class LineInfo(NamedTuple):  # a named tuple: one is built per scanned line, and a frozen dataclass costs 10x
     start: int  # index of the first character of the line in the scanned text
     end: int  # index of the line's newline ("\r\n" or "\n"), or len(text)
     next_start: int  # index just after the newline (== end for the last line)
@@ -48,8 +47,7 @@ class LineInfo:
     in_string_end: bool  # the line ends inside a (multi-line) string or block comment
 
 
-@dataclass(frozen=True)
-class ScanResult:
+class ScanResult(NamedTuple):
     lines: tuple[LineInfo, ...]
     end_state: LexState
     # Index of the first closing bracket that closes a bracket opened before the scanned text.
@@ -67,9 +65,12 @@ class ScanResult:
 _HEAD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|@|\S")
 _CHAR_LIT_RE = re.compile(r"'(?:\\(?:u\{[0-9A-Fa-f]{1,6}\}|x[0-9A-Fa-f]{2}|[0-7]{1,3}|.)|[^\\'\r\n])'")
 _WS = " \t\f"
+_INDENT_RE = re.compile(r"[ \t\f]*")
 
 
 def indent_width(ws: str) -> int:
+    if "\t" not in ws and "\f" not in ws:
+        return len(ws)
     width = 0
     for ch in ws:
         if ch == "\t":
@@ -105,6 +106,9 @@ class Lexer:
             specials.add("\\")
         self._special = re.compile("[" + re.escape("".join(sorted(specials))) + "]")
         self._python = syntax.family == "python"
+        # First characters of comment openers: only these need the (slower) comment test.
+        self._comment_first = frozenset(c[0] for c in syntax.line_comments) | \
+            (frozenset(syntax.block_comment[0][0]) if syntax.block_comment else frozenset())
 
     @classmethod
     def for_syntax(cls, syntax: Syntax) -> "Lexer":
@@ -152,9 +156,7 @@ class Lexer:
                 logical = line_is_start and not in_str_or_comment
             cont = False
             if line_is_start and not in_str_or_comment:
-                j = pos
-                while j < end and text[j] in _WS:
-                    j += 1
+                j = _INDENT_RE.match(text, pos, end).end()
                 indent_text = text[pos:j]
                 indent = indent_width(indent_text)
             else:
@@ -205,13 +207,13 @@ class Lexer:
                 i = m.start()
                 ch = text[i]
                 # Comments.
-                if any(text.startswith(c, i) for c in syn.line_comments):
+                if ch in self._comment_first and any(text.startswith(c, i) for c in syn.line_comments):
                     has_comment = True
                     if nl < 0:
                         in_comment = True
                     j = end
                     break
-                if syn.block_comment and text.startswith(syn.block_comment[0], i):
+                if ch in self._comment_first and syn.block_comment and text.startswith(syn.block_comment[0], i):
                     block = True
                     has_comment = True
                     j = i + len(syn.block_comment[0])

@@ -49,6 +49,7 @@ from __future__ import annotations
 import ast
 import logging
 import re
+import symtable
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -703,9 +704,19 @@ def _suffix_overlap(ctx: CursorContext, v: str) -> Optional[int]:
     """Smallest index from which the completion repeats the text after the cursor (whole lines, or the
     rest of the cursor's line followed by whole lines), with enough substance to be sure."""
     suffix = ctx.text[ctx.offset: ctx.offset + _SUFFIX_LOOKAHEAD]
-    s_lines = [x.rstrip() for x in suffix.split("\n")]
-    if len(s_lines) <= 1 and not suffix.strip():
+    if "\n" not in suffix and not suffix.strip():
         return None
+    # Only as many non-blank suffix lines as the completion has lines can be compared with it.
+    need = v.count("\n") + 2
+    s_lines = []
+    seen = 0
+    for x in suffix.split("\n"):
+        x = x.rstrip()
+        s_lines.append(x)
+        if x.strip():
+            seen += 1
+            if seen > need:
+                break
     rest = s_lines[0]
     full_from = 0 if ctx.at_col0 else 1  # suffix lines that are whole lines
     s_full = [x for x in s_lines[full_from:] if x.strip()]
@@ -855,6 +866,7 @@ class _Validator:
         self._junction_cache: dict[tuple[int, int, str], int] = {}
         self._definition: "Optional[Window] | bool" = False  # definition_region, once computed
         self._compile_old: dict[tuple[int, int, str], Optional[tuple[str, int, int]]] = {}
+        self._compile_new: dict[tuple[int, int, str, str], Optional[tuple[str, int, int]]] = {}
         self._broken: dict[tuple[int, int, str], bool] = {}
 
     def check(self, t: str) -> tuple[Optional[int], str]:
@@ -901,8 +913,12 @@ class _Validator:
         tree-sitter's verdict stands there. Returns why not, or ""."""
         if win.whole_document or win.end - win.start > _COMPILE_WINDOW_CHARS:
             return ""  # too long to compile per candidate: tree-sitter's verdict stands
-        why = self._judge(t, win, -1)
         region, strict_end = self._compile_region(win)
+        if strict_end > win.end and self._new_compile_error(t, region) is None:
+            # The definition holds the window and reaches beyond it, and compiles with the insertion:
+            # no error is left for the window or the definition to judge (one compile instead of two).
+            return ""
+        why = self._judge(t, win, -1)
         if not why and (strict_end < 0 or win.end >= strict_end):
             return ""  # compiles, and no part of the definition lies beyond the window
         if why and self._old_compile_error(win) is None:
@@ -919,11 +935,20 @@ class _Validator:
             old = self._compile_old[key] = _compile_error(region.head + ctx.text[region.start:region.end])
         return old
 
+    def _new_compile_error(self, t: str, region: Window) -> Optional[tuple[str, int, int]]:
+        key = (region.start, region.end, region.head, t)
+        hit = self._compile_new.get(key, False)
+        if hit is False:
+            ctx = self.ctx
+            hit = self._compile_new[key] = _compile_error(
+                region.head + ctx.text[region.start:ctx.offset] + t + ctx.text[ctx.offset:region.end])
+        return hit
+
     def _judge(self, t: str, region: Window, strict_end: int) -> str:
         ctx = self.ctx
         before = region.head + ctx.text[region.start:ctx.offset]
         after = ctx.text[ctx.offset:region.end]
-        new = _compile_error(before + t + after)
+        new = self._new_compile_error(t, region)
         if new is None or new == _CANNOT_JUDGE:
             return ""
         old = self._old_compile_error(region)
@@ -1130,24 +1155,23 @@ class _Validator:
         ctx = self.ctx
         parser = ctx.parser
         before = after = ""
-        if win is not None and not win.whole_document:
+        windowed = win is not None and not win.whole_document
+        if windowed:
             before = win.head + ctx.text[win.start:ctx.offset]
             after = ctx.text[ctx.offset:win.end]
-            old = self._old_tree_errors.get((win.start, win.end, win.head))
-            if old is None:
-                old = self._old_tree_errors[(win.start, win.end, win.head)] = _collect_errors(
-                    parser.parse(encode(before + after)).root_node)
             new_root = parser.parse(encode(before + t + after)).root_node
             ins_b = utf8_len(before)
         else:
-            old = self._old_tree_errors.get((-1, -1, ""))
-            if old is None:
-                old = self._old_tree_errors[(-1, -1, "")] = _collect_errors(ctx.tree.root_node)
             _, new_tree = insertion_parse(parser, ctx.text, ctx.tree, ctx.offset, t, ctx.text_bytes)
             new_root = new_tree.root_node
             ins_b = ctx.cursor_b
         if not new_root.has_error:
-            return CLEAN, ""
+            return CLEAN, ""  # the unedited text's errors only matter where the candidate leaves some
+        key = (win.start, win.end, win.head) if windowed else (-1, -1, "")
+        old = self._old_tree_errors.get(key)
+        if old is None:
+            old = self._old_tree_errors[key] = _collect_errors(
+                parser.parse(encode(before + after)).root_node if windowed else ctx.tree.root_node)
         t_len = utf8_len(t)
         fresh = _fresh_errors(old, _collect_errors(new_root), ins_b, t_len)
         if not fresh:
@@ -1317,13 +1341,34 @@ class _Validator:
         return (CLEAN if b_new == 0 else NO_NEW), ""
 
 
+# Errors of CPython's symbol table pass (Python/symtable.c), not of its parser.
+_SYMTABLE_MSG_RE = re.compile(
+    r"name '.*' is (parameter|assigned to|used prior|nonlocal and)|annotated name|import \* only|"
+    r"assignment expression|comprehension inner loop|'.*' can ?not be used within|nonlocal declaration|"
+    r"no binding for nonlocal|duplicate argument|'(yield|await|yield from|async)\b.*' inside|"
+    r"asynchronous comprehension|.* is (global|nonlocal) and|.*cannot be used in a (class|type)")
+
+
 def _compile_error(src: str) -> Optional[tuple[str, int, int]]:
     """CPython's first syntax error in `src` as (message, line, column), None when it compiles (to an
     AST: the checks of the compiler proper, `return` outside a function and the like, do not apply to a
     piece of a file), `_CANNOT_JUDGE` when the parser gives no position or cannot take the text."""
+    with warnings.catch_warnings():
+        # The user's code is not ours to warn about (invalid escape sequences and the like).
+        warnings.simplefilter("ignore")
+        try:
+            # Fast path: the symbol table pass parses with the same parser without building the AST's
+            # Python objects (~40 % cheaper). It adds checks of its own (`nonlocal` at module level, ...):
+            # those errors are asked again of the parser alone; a parser error is the parser's answer.
+            symtable.symtable(src, _COMPILE_FILENAME, "exec")
+            return None
+        except SyntaxError as e:
+            if e.lineno is not None and not _SYMTABLE_MSG_RE.match(str(e.msg)):
+                return (str(e.msg), e.lineno, e.offset or 0)
+        except Exception:  # noqa: BLE001 - whatever it is, the parser alone decides below
+            pass
     try:
         with warnings.catch_warnings():
-            # The user's code is not ours to warn about (invalid escape sequences and the like).
             warnings.simplefilter("ignore")
             compile(src, _COMPILE_FILENAME, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
     except SyntaxError as e:

@@ -614,3 +614,50 @@ def test_clause_left_without_its_statement_beyond_the_window_is_refused():
     assert r.text == "" and not r.valid
     r = run(marked, "        try:\n")
     assert r.valid and r.text == "        try:\n" and compiles(marked, r.text)
+
+
+def test_compile_verdict_is_the_parsers_own():
+    # The fast path (the symbol table pass) must answer exactly what the parser alone answers: its own
+    # semantic errors are not syntax errors of a piece of a file.
+    import ast
+    import importlib
+    import warnings
+
+    pp = importlib.import_module("intarsia.grammars.postprocess")
+
+    def parser_only(src):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                compile(src, "<suggestion>", "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+        except SyntaxError as e:
+            return (str(e.msg), e.lineno, e.offset or 0)
+        return None
+
+    sources = [
+        "x = 1\n",
+        "nonlocal x\n",  # symtable: not allowed at module level; the parser takes it
+        "def f(a, a):\n    pass\n",
+        "def f():\n    x = 1\n    global x\n",
+        "[(y := 1) for y in z]\n",
+        "def f():\n    yield\n    return 1\n",
+        "if x:\npass\n",
+        "def f(:\n    pass\n",
+        "a == *b\n",
+        "try:\n    x = 1\ny = 2\n",
+        "f(**)\n",
+        'p = "\\d+"\n',
+    ]
+    for src in sources:
+        assert pp._compile_error(src) == parser_only(src), src
+    assert pp._compile_error("nonlocal x\n") is None
+    assert pp._compile_error("if x:\npass\n")[0].startswith("expected an indented block")
+
+
+def test_indentation_unit_on_the_first_line():
+    import importlib
+
+    cx = importlib.import_module("intarsia.grammars.context")
+    assert cx._indent_unit("def f():\n\tx = 1\n\ty = 2\n", 0) == "\t"
+    assert cx._indent_unit("a = [\n  1,\n  2]\nif a:\n  b = 1\n", 0) == "  "
+    assert cx._indent_unit("a = 1\nif a:\n        b = 1\n", 6) == " " * 8
