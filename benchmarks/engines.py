@@ -150,6 +150,28 @@ def one(kind: str, model: str | None, threads: int, new_tokens: int) -> dict:
     return out
 
 
+def machine() -> dict:
+    """The CPU the figures come from (they differ between machines of the same kind)."""
+    import os
+    import platform
+
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor()
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16") if f in flags]
+    return {"cpu": name, "cores": os.cpu_count(), "simd": simd}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--engines", default="ort-exact,ort-int4,transformers,llama.cpp")
@@ -161,7 +183,7 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(args.one, args.model, args.threads, args.new_tokens)))
         return 0
-    results = {"new_tokens": args.new_tokens, "threads": args.threads, "engines": {}}
+    results = {"new_tokens": args.new_tokens, "threads": args.threads, "machine": machine(), "engines": {}}
     for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
         if kind == "llama.cpp":
             from peers import llama_cpp_available

@@ -129,13 +129,36 @@ def make_engine(kind: str, model: str, threads: int, adapter: Path | None = None
     raise SystemExit(f"unknown engine {kind}")
 
 
-def run_engine(kind: str, engine, problems: list[dict], task: str, max_new: int, fmt) -> list[dict]:
+def line_done(text: str) -> bool:
+    """The line `first_line` scores is complete: a newline after non-blank text."""
+    nl = text.find("\n")
+    while nl >= 0:
+        if text[:nl].strip():
+            return True
+        nl = text.find("\n", nl + 1)
+    return False
+
+
+def run_engine(kind: str, engine, problems: list[dict], task: str, max_new: int, fmt,
+               line_stop: bool = False) -> list[dict]:
+    import threading
+
     from intarsia.model.engine import FINISH_EOS, FINISH_STOP, GenerationRequest
 
     out = []
     for i, prob in enumerate(problems):
         prompt = fmt.render(prob["prompt"], prob["suffix"])
-        res = engine.generate(GenerationRequest(prompt=prompt, max_new_tokens=max_new, stop=fmt.stop_strings))
+        cancel = on_text = None
+        if line_stop and task == "single-line":
+            # Only the first line is scored: stop generating once it is complete (same cut for every engine).
+            cancel, seen = threading.Event(), []
+
+            def on_text(piece: str, seen=seen, cancel=cancel) -> None:
+                seen.append(piece)
+                if line_done("".join(seen)):
+                    cancel.set()
+        res = engine.generate(GenerationRequest(prompt=prompt, max_new_tokens=max_new, stop=fmt.stop_strings),
+                              cancel=cancel, on_text=on_text)
         comp = completion_for(task, res.text)
         t = res.timings
         out.append({
@@ -283,6 +306,9 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--line-stop", action="store_true",
+                    help="single-line: stop generating once the scored first line is complete (saves time; "
+                         "'stops by itself' then only counts generations that ended before that)")
     ap.add_argument("--adapter", type=Path, default=None, help="peft folder for engines named with +adapter")
     ap.add_argument("--postprocess", action="store_true",
                     help="also score the grammar post-processed completion (grammars/), raw vs post-processed")
@@ -296,7 +322,8 @@ def main() -> int:
 
     problems = load_problems(args.task, args.limit, args.seed)
     results: dict = {"task": args.task, "n": len(problems), "seed": args.seed, "max_new_tokens": args.max_new_tokens,
-                     "threads": args.threads, "sandbox_network_isolated": network_isolated(),
+                     "threads": args.threads, "line_stop": args.line_stop,
+                     "sandbox_network_isolated": network_isolated(),
                      "command": "python benchmarks/fim_quality.py " + " ".join(sys.argv[1:]), "engines": {}}
     for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
         if kind == "llama.cpp":
@@ -309,7 +336,7 @@ def main() -> int:
         engine, size, desc = make_engine(kind, args.model, args.threads, args.adapter)
         load_s = time.perf_counter() - t0
         try:
-            rows = run_engine(kind, engine, problems, args.task, args.max_new_tokens, QWEN25_CODER)
+            rows = run_engine(kind, engine, problems, args.task, args.max_new_tokens, QWEN25_CODER, args.line_stop)
         finally:
             engine.close()
         if args.postprocess:
