@@ -48,3 +48,32 @@ def test_cut_at_line_done_keeps_the_scored_line(pieces):
         if fq.line_done(seen):
             break
     assert fq.first_line(seen) == fq.first_line(full)
+
+
+def _lookup():
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("lookup_headroom")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_lookup_draft_copies_what_followed_the_last_ngram():
+    lh = _lookup()
+    assert lh.draft_for([1, 2, 3, 4, 5, 1, 2, 3], 2) == [4, 5]
+    assert lh.draft_for([7, 8, 9], 3) == []  # nothing repeats
+    assert lh.draft_for([5, 6, 5], 4) == [6, 5]  # 1-gram fallback
+
+
+@given(st.lists(st.integers(0, 4), max_size=12), st.lists(st.integers(0, 4), min_size=1, max_size=24),
+       st.integers(1, 6))
+def test_lookup_passes_never_exceed_tokens_and_copying_pays(prompt, output, k):
+    lh = _lookup()
+    n, appended = lh.passes(prompt, output, k)
+    assert 1 <= n <= len(output)
+    assert appended >= n
+    # Output that repeats the prompt verbatim is verified k + 1 tokens a pass once the pattern is found.
+    text = [1, 2, 3, 4, 5, 6, 7, 8]
+    assert lh.passes(text + text, text, 4)[0] < len(text)
