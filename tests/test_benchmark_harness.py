@@ -1,5 +1,6 @@
-"""The benchmark harness's own rules (benchmarks/fim_quality.py): cutting a single-line generation short with
---line-stop must never change the line that is scored."""
+"""The benchmark harness's own rules: cutting a single-line generation short with --line-stop
+(benchmarks/fim_quality.py) never changes the line that is scored; prompt-lookup drafting
+(benchmarks/lookup_headroom.py) counts passes as a greedy verifier would."""
 
 from __future__ import annotations
 
@@ -13,14 +14,18 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _harness():
+def _benchmark(name: str):
     import importlib
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        return importlib.import_module("fim_quality")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _harness():
+    return _benchmark("fim_quality")
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +56,7 @@ def test_cut_at_line_done_keeps_the_scored_line(pieces):
 
 
 def _lookup():
-    import importlib
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("lookup_headroom")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return _benchmark("lookup_headroom")
 
 
 def test_lookup_draft_copies_what_followed_the_last_ngram():
