@@ -10,6 +10,10 @@ same count). For each engine, in its own subprocess (so peak RSS is its own):
 
     python benchmarks/engines.py [--engines ort-exact,transformers,llama.cpp] [--model NAME] [--threads 2]
 
+Decoding: ORT engines decode greedy requests with prompt-lookup drafts (the served default, `model.lookup`);
+"ort-exact:nolookup" decodes one token per pass; "llama.cpp:lookup" gives llama.cpp the same drafts and
+acceptance. Drafts help where the continuation repeats the prompt, so decode speed depends on the text.
+
 `ort-exact-lora` is the served engine with a rank-16 run-time LoRA adapter on all seven projections (what a
 workspace trained with `intarsia train` is served with), to compare with `ort-exact`.
 
@@ -86,11 +90,17 @@ def _random_adapter(hf_dir: Path, model_dir: Path, rank: int = 16) -> Path:
     return tmp / "bench.onnx_adapter"
 
 
-def one(kind: str, model: str | None, threads: int, new_tokens: int) -> dict:
+def one(name: str, model: str | None, threads: int, new_tokens: int) -> dict:
     from intarsia.model.build import BuildOptions, build, hf_folder_for, resolve_gguf
     from intarsia.model.engine import GenerationRequest
     from intarsia.model.fim import QWEN25_CODER
+    from intarsia.model.lookup import DEFAULT_DRAFT
     from intarsia.model.registry import resolve_source
+
+    kind, _, decoding = name.partition(":")
+    if decoding not in ("", "lookup", "nolookup"):
+        raise SystemExit(f"unknown decoding :{decoding} (lookup or nolookup)")
+    ort_draft = 0 if decoding == "nolookup" else None
 
     src = resolve_source(model)
     gguf = resolve_gguf(src, progress=False)
@@ -102,13 +112,14 @@ def one(kind: str, model: str | None, threads: int, new_tokens: int) -> dict:
         built = build(src, BuildOptions(), progress=False)
         adapter = _random_adapter(hf_folder_for(src, gguf, progress=False), built.path)
         t0 = time.perf_counter()
-        engine = OrtEngine(built.path, threads=threads, adapters={"lora": adapter}, default_adapter="lora")
+        engine = OrtEngine(built.path, threads=threads, adapters={"lora": adapter}, default_adapter="lora",
+                           lookup_draft=ort_draft)
     elif kind.startswith("ort-"):
         from intarsia.model.ort_engine import OrtEngine
 
         precision = kind.split("-", 1)[1]
         built = build(src, BuildOptions(precision=precision, lora_inputs=(precision == "exact")), progress=False)
-        engine = OrtEngine(built.path, threads=threads)
+        engine = OrtEngine(built.path, threads=threads, lookup_draft=ort_draft)
     elif kind == "transformers":
         from intarsia.model.hf_engine import HfEngine
 
@@ -116,7 +127,7 @@ def one(kind: str, model: str | None, threads: int, new_tokens: int) -> dict:
     elif kind == "llama.cpp":
         from peers import LlamaCppEngine
 
-        engine = LlamaCppEngine(gguf, threads=threads)
+        engine = LlamaCppEngine(gguf, threads=threads, lookup_draft=DEFAULT_DRAFT if decoding == "lookup" else 0)
     else:
         raise SystemExit(f"unknown engine {kind}")
     load_s = time.perf_counter() - t0
@@ -124,7 +135,7 @@ def one(kind: str, model: str | None, threads: int, new_tokens: int) -> dict:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     p500 = fim_prompt(QWEN25_CODER, engine.encode, stdlib / SOURCES[0], 500)
     p1500 = fim_prompt(QWEN25_CODER, engine.encode, stdlib / SOURCES[1], 1500)
-    out: dict = {"engine": kind, "load_s": round(load_s, 2), "threads": threads}
+    out: dict = {"engine": name, "load_s": round(load_s, 2), "threads": threads}
     # Warm-up on an unrelated short prompt (first-call allocations), then the measured runs.
     engine.generate(GenerationRequest(prompt=QWEN25_CODER.render("x = ", "\n"), max_new_tokens=2))
     for name, prompt in (("p500", p500), ("p1500", p1500)):
@@ -138,6 +149,7 @@ def one(kind: str, model: str | None, threads: int, new_tokens: int) -> dict:
             "new_tokens": t.new_tokens,
             "decode_tok_s": round(t.decode_tps, 2),
             "total_ms": round(t.total_s * 1000, 1),
+            **{k: v for k, v in r.extra.items() if k.startswith("lookup_")},
         }
     r = engine.generate(GenerationRequest(prompt=edited(p1500, 0.95), max_new_tokens=1))
     out["p1500_95pct_shared"] = {
@@ -172,9 +184,28 @@ def machine() -> dict:
     return {"cpu": name, "cores": os.cpu_count(), "simd": simd}
 
 
+def ratios(engines: dict) -> dict:
+    """Our engine over llama.cpp's, for each pair that ran: the served decoding (ort-exact) against plain
+    llama.cpp, and like against like (ort-exact:nolookup vs llama.cpp; ort-exact vs llama.cpp:lookup)."""
+    pairs = {"ratios_vs_llama_cpp": ("ort-exact", "llama.cpp"),
+             "ratios_plain_vs_llama_cpp_plain": ("ort-exact:nolookup", "llama.cpp"),
+             "ratios_lookup_vs_llama_cpp_lookup": ("ort-exact", "llama.cpp:lookup")}
+    out = {}
+    for key, (a, b) in pairs.items():
+        ours, peer = engines.get(a, {}), engines.get(b, {})
+        if "p500" in ours and "p500" in peer:
+            out[key] = {
+                p: {"decode": round(ours[p]["decode_tok_s"] / peer[p]["decode_tok_s"], 2),
+                    "prefill": round(ours[p]["prefill_tok_s"] / peer[p]["prefill_tok_s"], 2)}
+                for p in ("p500", "p1500")
+            }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engines", default="ort-exact,ort-int4,transformers,llama.cpp")
+    ap.add_argument("--engines",
+                    default="ort-exact,ort-exact:nolookup,ort-int4,transformers,llama.cpp,llama.cpp:lookup")
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -185,7 +216,7 @@ def main() -> int:
         return 0
     results = {"new_tokens": args.new_tokens, "threads": args.threads, "machine": machine(), "engines": {}}
     for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
-        if kind == "llama.cpp":
+        if kind.startswith("llama.cpp"):
             from peers import llama_cpp_available
 
             if not llama_cpp_available():
@@ -201,13 +232,7 @@ def main() -> int:
         else:
             results["engines"][kind] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{kind}: {json.dumps(results['engines'][kind])}", file=sys.stderr)
-    ours, peer = results["engines"].get("ort-exact", {}), results["engines"].get("llama.cpp", {})
-    if "p500" in ours and "p500" in peer:
-        results["ratios_vs_llama_cpp"] = {
-            p: {"decode": round(ours[p]["decode_tok_s"] / peer[p]["decode_tok_s"], 2),
-                "prefill": round(ours[p]["prefill_tok_s"] / peer[p]["prefill_tok_s"], 2)}
-            for p in ("p500", "p1500")
-        }
+    results.update(ratios(results["engines"]))
     print(json.dumps(results, indent=1))
     return 0
 

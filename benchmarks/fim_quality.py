@@ -10,6 +10,11 @@ first line, and speed (prefill and decode tokens/s, first-token latency) and siz
 
     python benchmarks/fim_quality.py --limit 100 --engines reference,ort-exact,ort-int4,llama.cpp
     python benchmarks/fim_quality.py --limit 200 --engines ort-exact,ort-exact+fim --postprocess   # FIM adapter
+    python benchmarks/fim_quality.py --task multi-line --limit 40 \
+        --engines ort-exact:nolookup,ort-exact,llama.cpp,llama.cpp:lookup --compare-to ort-exact:nolookup
+
+Decoding: ORT engines use prompt-lookup decoding (the served default, `model.lookup`), ":nolookup" turns it
+off; llama.cpp decodes plainly, ":lookup" gives it the same drafts and acceptance.
 
 Prints one JSON object on stdout (and --out FILE); a markdown table on stderr.
 """
@@ -84,6 +89,9 @@ def make_engine(kind: str, model: str, threads: int, adapter: Path | None = None
 
     src = resolve_source(model)
     gguf = resolve_gguf(src, progress=True)
+    kind, _, decoding = kind.partition(":")
+    if decoding not in ("", "lookup", "nolookup"):
+        raise SystemExit(f"unknown decoding :{decoding} (lookup or nolookup)")
     kind, _, plus = kind.partition("+")
     peft_dir = None
     if plus == "fim":
@@ -120,12 +128,18 @@ def make_engine(kind: str, model: str, threads: int, adapter: Path | None = None
             out = built.path / "adapters" / f"bench-{peft_dir.resolve().name}.onnx_adapter"
             export_adapter(peft_dir, built.path, out)
             adapters["a"] = out
-        engine = OrtEngine(built.path, threads=threads, adapters=adapters, default_adapter="a" if adapters else None)
-        return engine, size, f"ONNX Runtime {opts.variant}" + label
+        engine = OrtEngine(built.path, threads=threads, adapters=adapters, default_adapter="a" if adapters else None,
+                           lookup_draft=0 if decoding == "nolookup" else None)
+        how = "" if decoding != "nolookup" else ", plain decoding"
+        return engine, size, f"ONNX Runtime {opts.variant}" + label + how
     if kind == "llama.cpp":
         from peers import LlamaCppEngine
 
-        return LlamaCppEngine(gguf, threads=threads), dir_size(gguf), "llama.cpp (llama-cpp-python) on the GGUF"
+        from intarsia.model.lookup import DEFAULT_DRAFT
+
+        lookup = DEFAULT_DRAFT if decoding == "lookup" else 0
+        return (LlamaCppEngine(gguf, threads=threads, lookup_draft=lookup), dir_size(gguf),
+                "llama.cpp (llama-cpp-python) on the GGUF" + (", prompt-lookup decoding" if lookup else ""))
     raise SystemExit(f"unknown engine {kind}")
 
 
@@ -172,6 +186,7 @@ def run_engine(kind: str, engine, problems: list[dict], task: str, max_new: int,
             "reused_tokens": t.reused_tokens,
             "new_tokens": t.new_tokens,
             "first_token_s": t.first_token_s,
+            **{k: v for k, v in res.extra.items() if k.startswith("lookup_")},
             "prefill_s": t.prefill_s,
             "decode_s": t.decode_s,
         })
@@ -240,6 +255,12 @@ def summarize(rows: list[dict], ref_rows: list[dict] | None, task: str) -> dict:
         "first_token_ms_median": round(1000 * statistics.median(r["first_token_s"] for r in rows), 1),
         "mean_prompt_tokens": round(statistics.mean(r["prompt_tokens"] for r in rows), 1),
     }
+    if rows and "lookup_passes" in rows[0]:
+        # Prompt-lookup decoding: tokens after the first per forward pass, and the share of drafts accepted.
+        passes = sum(r["lookup_passes"] for r in rows)
+        drafted = sum(r["lookup_drafted"] for r in rows)
+        s["decode_tokens_per_pass"] = round(decode_tok / passes, 2) if passes else None
+        s["drafts_accepted"] = round(100 * sum(r["lookup_accepted"] for r in rows) / drafted, 1) if drafted else None
     if rows and "post" in rows[0]:
         shown = [r for r in rows if r["post"]]
         s["raw"] = {"pass_at_1": round(100 * sum(r["raw_passed"] for r in rows) / n, 1),
@@ -310,6 +331,8 @@ def main() -> int:
                     help="single-line: stop generating once the scored first line is complete (saves time; "
                          "'stops by itself' then only counts generations that ended before that)")
     ap.add_argument("--adapter", type=Path, default=None, help="peft folder for engines named with +adapter")
+    ap.add_argument("--compare-to", default="reference",
+                    help="engine whose outputs the others' same_as_reference share is measured against")
     ap.add_argument("--postprocess", action="store_true",
                     help="also score the grammar post-processed completion (grammars/), raw vs post-processed")
     ap.add_argument("--rescore", type=Path, default=None,
@@ -326,7 +349,7 @@ def main() -> int:
                      "sandbox_network_isolated": network_isolated(),
                      "command": "python benchmarks/fim_quality.py " + " ".join(sys.argv[1:]), "engines": {}}
     for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
-        if kind == "llama.cpp":
+        if kind.startswith("llama.cpp"):
             from peers import llama_cpp_available
 
             if not llama_cpp_available():
@@ -348,11 +371,12 @@ def main() -> int:
         print(f"{kind}: {json.dumps(summary)}", file=sys.stderr)
         if args.out:
             args.out.write_text(json.dumps(results, indent=1))
-    # Agreement with the reference, whichever order the engines ran in.
-    ref = results["engines"].get("reference")
+    # Agreement with the reference (--compare-to), whichever order the engines ran in.
+    ref = results["engines"].get(args.compare_to)
     if ref is not None:
+        results["compared_to"] = args.compare_to
         for kind, r in results["engines"].items():
-            if kind != "reference":
+            if kind != args.compare_to:
                 r["summary"] = summarize(r["rows"], ref["rows"], args.task)
     print(markdown(results), file=sys.stderr)
     compact = {**results, "engines": {k: {kk: vv for kk, vv in v.items() if kk != "rows"}

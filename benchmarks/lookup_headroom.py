@@ -1,8 +1,10 @@
 """Headroom for prompt-lookup decoding: what verifying drafted tokens in one pass could win on CPU decode.
 
-Greedy prompt-lookup decoding drafts the next tokens by finding the last n-gram (n = 3, 2, 1) of prompt +
-output earlier in that text and copying what followed it; one forward pass over [next token] + draft verifies
-the draft, and every drafted token that equals the greedy choice comes for free. The output is the plain
+Greedy prompt-lookup decoding (`intarsia.model.lookup`, what the ORT engine does) drafts the next tokens by
+finding the last n-gram (n = 3, 2, 1) of prompt + output earlier in that text and copying what followed it;
+one forward pass over [next token] + draft verifies the draft, and every drafted token that equals the greedy
+choice comes for free. The engine's real speed-up is measured by benchmarks/engines.py and fim_quality.py
+(":nolookup" engines decode without it); this script explains it. The output is the plain
 greedy output (only the number of passes changes), so it keeps the exactness the served model is built for.
 
 Two measurements, one run:
@@ -39,27 +41,20 @@ RUNS = [
 ]
 
 
-def draft_for(context: list[int], k: int, n_max: int = 3) -> list[int]:
-    """Up to k tokens that followed the latest earlier occurrence of the context's last n-gram (longest n first)."""
-    for n in range(n_max, 0, -1):
-        if len(context) <= n:
-            continue
-        tail = context[-n:]
-        for j in range(len(context) - n - 1, -1, -1):
-            if context[j:j + n] == tail:
-                return context[j + n:j + n + k]
-    return []
-
-
 def passes(prompt: list[int], output: list[int], k: int) -> tuple[int, int]:
-    """(passes, tokens appended over all passes) to produce `output` greedily with drafts of up to k tokens."""
+    """(passes, tokens appended over all passes) to produce `output` greedily with the engine's drafter
+    (`intarsia.model.lookup.PromptLookup`, up to k tokens a draft)."""
+    from intarsia.model.lookup import PromptLookup
+
+    ctx = PromptLookup(prompt)
     i = count = appended = 0
     while i < len(output):
-        draft = draft_for(prompt + output[:i], k)
+        draft = ctx.draft(k)
         accepted = 0
         while accepted < len(draft) and i + accepted < len(output) and output[i + accepted] == draft[accepted]:
             accepted += 1
         appended += 1 + len(draft)
+        ctx.extend(output[i:i + accepted + 1])
         i += accepted + 1
         count += 1
     return count, appended

@@ -8,6 +8,10 @@ directly (`int4`, `int8`, `fp32` on CPU; `fp16`, `int4` on CUDA).
 Each built folder carries `intarsia_manifest.json`: source hashes, precision, execution provider, FIM format,
 builder and runtime versions, and the transcoding scheme per tensor class. `build_key` summarises the inputs;
 a later run rebuilds only when it changed.
+
+Every CPU build's LM head returns logits for the last few positions of a call (`lookup.add_draft_logits`),
+which prompt-lookup decoding needs to verify drafted tokens. It is a cheap edit of the graph file: a folder built
+before it existed gets it in place (manifest `logits_rows`) instead of a rebuild.
 """
 
 from __future__ import annotations
@@ -266,7 +270,7 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
     clean_stale_parts(out.parent)
     existing = read_manifest(out)
     if existing and existing.get("build_key") == key and not force and (out / "model.onnx").exists():
-        return BuiltModel(out, existing)
+        return BuiltModel(out, _with_draft_logits(out, existing))
 
     t0 = time.perf_counter()
     if gguf is not None:
@@ -298,6 +302,12 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
                 extra["int4_accuracy_level"] = options.accuracy_level
             run_builder(hf_dir, tmp, options.precision, options.provider, extra)
             scheme = {"all_matmuls": f"builder {options.precision} ({options.provider})"}
+        # CPU builds only: the CUDA path (CUDA graphs, IO binding) has not been measured with it yet.
+        logits_rows: Optional[int] = 1
+        if options.provider == "cpu":
+            from .lookup import add_draft_logits
+
+            logits_rows = add_draft_logits(tmp / "model.onnx")
         lora_info = None
         if options.lora_inputs:
             from .lora import add_lora_inputs
@@ -313,6 +323,7 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
             "scheme": scheme,
             "lora_inputs": bool(lora_info),
             "builder_options": dict(BUILDER_EXTRA),
+            "logits_rows": logits_rows,
             "versions": vers,
             "build_key": key,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -323,6 +334,27 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
             manifest["transcode"] = transcode_report.to_json()
         write_json_atomic(tmp / MANIFEST, manifest)
     return BuiltModel(out, manifest)
+
+
+def _with_draft_logits(model_dir: Path, manifest: dict) -> dict:
+    """Give a folder built before `add_draft_logits` existed its multi-position LM head, in place (the graph
+    file is rewritten atomically, the weights are not touched); returns the updated manifest."""
+    if "logits_rows" in manifest or manifest.get("execution_provider", "cpu") != "cpu":
+        return manifest
+    from .lookup import add_draft_logits
+
+    try:
+        rows = add_draft_logits(model_dir / "model.onnx")
+    except (BuildError, OSError) as e:
+        log.warning("%s keeps its one-position LM head (no prompt-lookup decoding): %s", model_dir, e)
+        rows = 1
+    manifest = {**manifest, "logits_rows": rows}
+    try:
+        write_json_atomic(model_dir / MANIFEST, manifest)
+    except OSError as e:
+        log.warning("cannot update %s: %s", model_dir / MANIFEST, e)
+    log.info("%s: LM head now returns logits for the last %d positions", model_dir, rows)
+    return manifest
 
 
 def find_built(source: ModelSource, options: BuildOptions = BuildOptions()) -> Optional[BuiltModel]:
@@ -336,5 +368,5 @@ def find_built(source: ModelSource, options: BuildOptions = BuildOptions()) -> O
     out = built_dir(source, options)
     m = read_manifest(out)
     if m and (out / "model.onnx").exists():
-        return BuiltModel(out, m)
+        return BuiltModel(out, _with_draft_logits(out, m))
     return None

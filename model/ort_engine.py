@@ -39,6 +39,7 @@ from .engine import (
     TextCallback,
 )
 from .errors import EngineError, ModelNotFoundError
+from .lookup import DEFAULT_DRAFT, LookupDecoder, logits_rows
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,9 @@ class OrtEngine(Engine):
     eos_token_id).
     `adapters` (name → .onnx_adapter file) are loaded at start; `default_adapter` is used by requests whose
     `adapter` is None (BASE_ADAPTER, "", selects the base model explicitly).
+    `lookup_draft`: tokens drafted per forward pass by prompt-lookup decoding for greedy requests (`model.lookup`;
+    default DEFAULT_DRAFT, 0 turns it off). It needs a graph that returns logits for several positions (built
+    models have it); with a graph whose LM head is pruned to one position it is off.
     """
 
     name = "ort"
@@ -285,6 +289,7 @@ class OrtEngine(Engine):
         prefill_chunk: Optional[int] = None,
         eos_token_ids: Optional[Sequence[int]] = None,
         seed: Optional[int] = None,
+        lookup_draft: Optional[int] = None,
     ):
         self.model_dir = Path(model_dir)
         cfg_path = self.model_dir / "genai_config.json"
@@ -314,6 +319,14 @@ class OrtEngine(Engine):
         eos = eos_token_ids if eos_token_ids is not None else model_cfg.get("eos_token_id", [])
         self.eos_token_ids: tuple[int, ...] = tuple(int(e) for e in ([eos] if isinstance(eos, int) else eos))
         self._decoder_file = self.model_dir / model_cfg.get("decoder", {}).get("filename", "model.onnx")
+        if lookup_draft is not None and (not isinstance(lookup_draft, int) or lookup_draft < 0):
+            raise EngineError(f"lookup_draft must be a non-negative integer, not {lookup_draft!r}")
+        self._graph_proto = None
+        rows = self._logits_rows()
+        # Drafted tokens one pass can verify: rows - 1 (None: the graph returns every position's logits).
+        self.max_draft = None if rows is None else rows - 1
+        want = DEFAULT_DRAFT if lookup_draft is None else lookup_draft
+        self.lookup_draft = want if self.max_draft is None else min(want, self.max_draft)
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._closed = False
@@ -351,6 +364,7 @@ class OrtEngine(Engine):
         self._generator = None
         self._gen_max_length = 0
         self._gen_adapter: Optional[str] = None
+        self._all_in_cache = True  # every token of the generator's sequence has its KV entry
         self._adapters = None  # og.Adapters, created on the first load
         self._adapter_paths: dict[str, Path] = {}
         self._lora_inputs: Optional[dict[str, tuple[str, tuple[Optional[int], ...]]]] = None
@@ -381,13 +395,9 @@ class OrtEngine(Engine):
     def _lora_input_specs(self) -> dict[str, tuple[str, tuple[Optional[int], ...]]]:
         """LoRA input name -> (ONNX Runtime tensor type, dims with None for symbolic ones)."""
         if self._lora_inputs is None:
-            import onnx
             from onnx import helper
 
-            try:
-                proto = onnx.load(str(self._decoder_file), load_external_data=False)
-            except Exception as e:
-                raise EngineError(f"cannot read {self._decoder_file}: {_one_line(e)}") from None
+            proto = self._graph()
             specs = {}
             for i in proto.graph.input:
                 if i.name.startswith(_STANDARD_INPUT_PREFIXES):
@@ -399,6 +409,22 @@ class OrtEngine(Engine):
                 specs[i.name] = (type_name, dims)
             self._lora_inputs = specs
         return self._lora_inputs
+
+    def _graph(self):
+        """The decoder graph's structure (weights not loaded), read once."""
+        if self._graph_proto is None:
+            import onnx
+
+            try:
+                self._graph_proto = onnx.load(str(self._decoder_file), load_external_data=False)
+            except Exception as e:
+                raise EngineError(f"cannot read {self._decoder_file}: {_one_line(e)}") from None
+        return self._graph_proto
+
+    def _logits_rows(self) -> Optional[int]:
+        if not self._decoder_file.is_file():
+            return 1
+        return logits_rows(self._graph())
 
     def load_adapter(self, name: str, path: Path | str) -> None:
         """Load an .onnx_adapter file under `name` (requests select it with `GenerationRequest.adapter`)."""
@@ -537,11 +563,14 @@ class OrtEngine(Engine):
             rebuilt = True
         else:
             cached = gen.get_sequence(0)
-            # Keep at least one prompt token to run (its logits start the generation), and never count on the
-            # cache holding the last sequence token: a token from generate_next_token has no KV entry yet.
-            reused = min(common_prefix_len(cached, prompt), len(prompt) - 1, max(len(cached) - 1, 0))
+            # Keep at least one prompt token to run (its logits start the generation). A token chosen by
+            # generate_next_token is in the sequence without a KV entry yet; tokens appended by append_tokens
+            # (prefill, lookup and sampling decoding) all have one.
+            in_cache = len(cached) if self._all_in_cache else max(len(cached) - 1, 0)
+            reused = min(common_prefix_len(cached, prompt), len(prompt) - 1, in_cache)
             if reused < len(cached):
                 gen.rewind_to(reused)
+        self._all_in_cache = True  # after the rewind, and for every token appended below
 
         extra = {"rebuilt": rebuilt, "adapter": adapter, "provider": self.provider}
         if cancel is not None and cancel.is_set():
@@ -557,7 +586,22 @@ class OrtEngine(Engine):
             pos = end
         sw.mark_prefill_done()
 
-        if request.temperature > 0 or getattr(request, "ignore_eos", False):
+        ignore_eos = bool(getattr(request, "ignore_eos", False))
+        lookup = None
+        if request.temperature <= 0 and self.lookup_draft > 0:
+            def run(tokens: list[int]) -> np.ndarray:
+                gen.append_tokens(np.asarray(tokens, dtype=np.int32))
+                if len(tokens) == 1:
+                    return gen.get_logits().reshape(1, -1)
+                rows = np.asarray(gen.get_output("logits"))
+                return rows.reshape(-1, rows.shape[-1])[-len(tokens):]
+
+            lookup = LookupDecoder(
+                lambda: gen.get_logits().reshape(-1), run, gen.rewind_to, prompt, self.lookup_draft, max_new,
+                () if ignore_eos else self.eos_token_ids,
+            )
+            next_token = lookup.next_token
+        elif request.temperature > 0 or ignore_eos:
             # Choose tokens from the logits ourselves: sampling, or greedy through end tokens (onnxruntime-genai
             # marks the generator done at an end token and then only yields padding).
             pending: list[int] = []
@@ -577,6 +621,7 @@ class OrtEngine(Engine):
                 gen.generate_next_token()
                 return int(gen.get_next_tokens()[0])
 
+        self._all_in_cache = lookup is not None or request.temperature > 0 or ignore_eos
         assembler = TextAssembler(self._tok.decode, request.stop, prompt[-1:])
         out = decode_loop(
             request,
@@ -588,6 +633,8 @@ class OrtEngine(Engine):
             cancel=cancel,
             on_text=on_text,
         )
+        if lookup is not None:
+            extra.update(lookup.stats())
         return self._result(out.text, out.token_ids, out.finish_reason, sw, len(prompt), reused, extra)
 
     @staticmethod

@@ -124,7 +124,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         return 0
     m = built.manifest
     print(f"built      {built.path}")
-    for key in ("precision", "execution_provider", "accuracy_level", "fim_format", "lora_inputs", "built_at"):
+    for key in ("precision", "execution_provider", "accuracy_level", "fim_format", "lora_inputs", "logits_rows",
+                "built_at"):
         if key in m:
             print(f"{key:10s} {m[key]}")
     if "size_bytes" in m:
@@ -181,7 +182,7 @@ def _load_engine(args: argparse.Namespace):
         adapters["fim"] = built.fim_adapter
         default_adapter = "fim"
     engine = OrtEngine(built.path, provider=args.device, threads=args.threads, adapters=adapters,
-                       default_adapter=default_adapter)
+                       default_adapter=default_adapter, lookup_draft=args.lookup_draft)
     return engine, built.fim_format
 
 
@@ -553,6 +554,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--single-line", action="store_true", help="stop at the end of the line")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--lookup-draft", type=int, default=None, metavar="N",
+                   help="tokens drafted per pass by prompt-lookup decoding (0 turns it off; default 3)")
     p.set_defaults(func=cmd_complete)
 
     p = sub.add_parser("doctor", help="check the model, tokens, providers, and time a probe completion")

@@ -352,7 +352,7 @@ def _load_ort(settings: Settings, progress: Optional[Progress], workspace: Optio
         store = AdapterStore(workspace, src.cache_name)
     _progress(progress, f"loading {src.name}", 30)
     engine = OrtEngine(built.path, provider=settings.device, threads=settings.threads, adapters=adapters,
-                       default_adapter=default_adapter)
+                       default_adapter=default_adapter, lookup_draft=settings.lookup_draft)
     loaded = LoadedEngine(engine, fmt, "", str(built.path), store=store,
                           build_key=built.manifest.get("build_key", "model"), base_adapter=base_adapter)
     if store is not None:

@@ -363,6 +363,9 @@ class CompletionOutcome:
     prompt_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens whose KV cache the engine kept from the previous request
     new_tokens: int = 0
+    # Forward passes after the first token when the engine decodes with prompt-lookup drafts (fewer than
+    # new_tokens - 1 when drafts were accepted); None for other engines.
+    decode_passes: Optional[int] = None
     context_files: tuple[str, ...] = ()
     rules: tuple[str, ...] = ()
     cancelled: bool = False
@@ -372,7 +375,8 @@ class CompletionOutcome:
         return {"text": self.text, "reason": self.reason, "scope": self.scope, "finish_reason": self.finish_reason,
                 "timings": self.timings.to_json(), "prompt_tokens": self.prompt_tokens,
                 "reused_tokens": self.reused_tokens, "new_tokens": self.new_tokens,
-                "context_files": list(self.context_files), "rules": list(self.rules), "cancelled": self.cancelled}
+                "decode_passes": self.decode_passes, "context_files": list(self.context_files),
+                "rules": list(self.rules), "cancelled": self.cancelled}
 
 
 def should_complete(snapshot: Snapshot, options: PipelineOptions) -> ScopeDecision:
@@ -575,10 +579,10 @@ def _log_outcome(snapshot: Snapshot, out: CompletionOutcome) -> None:
     t = out.timings
     log.info(
         "completion %s@%d v%d: %s; scope %s, context %.1f ms (%d files), prompt %.1f ms (%d tokens, %d reused), "
-        "engine %.1f ms (first token %.1f ms, %d tokens, %s), post %.1f ms, total %.1f ms, %d chars",
+        "engine %.1f ms (first token %.1f ms, %d tokens%s, %s), post %.1f ms, total %.1f ms, %d chars",
         snapshot.path or snapshot.uri, snapshot.offset, snapshot.version, out.reason, out.scope, t.context_ms,
         len(out.context_files), t.prompt_ms, out.prompt_tokens, out.reused_tokens, t.engine_ms, t.first_token_ms,
-        out.new_tokens,
+        out.new_tokens, "" if out.decode_passes is None else f", {out.decode_passes} decode passes",
         out.finish_reason or "-", t.post_ms, t.total_ms, len(out.text))
 
 
@@ -673,6 +677,7 @@ def run_completion(
         prompt_tokens=res.timings.prompt_tokens or parts.prompt_tokens,
         reused_tokens=res.timings.reused_tokens,
         new_tokens=res.timings.new_tokens,
+        decode_passes=res.extra.get("lookup_passes"),
         context_files=parts.context_files,
         rules=tuple(post.rules),
         engine_called=True,

@@ -9,6 +9,8 @@ previous (or default) value, it never fails the request.
     model                 registry name, .gguf file, or model folder (default: the registry default)
     device                "auto" | "cpu" | "cuda"           execution provider of the ORT engine
     threads               intra-op threads (CPU); null: every core this process may use
+    lookupDraft           tokens drafted per forward pass by prompt-lookup decoding (0..7; 0 turns it off;
+                          default 3): greedy completions that repeat text from the file decode faster
     adapter               LoRA adapter: an .onnx_adapter file or a peft folder; null: none
     trainedAdapter        serve the adapter that `intarsia train` promoted for this workspace (default true;
                           an explicit `adapter` wins); a new promotion or a rollback is picked up between requests
@@ -40,12 +42,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
+from intarsia.model.lookup import DEFAULT_DRAFT, DRAFT_ROWS
+
 ENGINES = ("ort", "remote", "test")
 DEVICES = ("auto", "cpu", "cuda")
 MULTILINE = ("auto", "always", "never")
 
 # Settings whose change needs the engine to be loaded again.
-ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "adapter", "trained_adapter", "fim_adapter",
+ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "lookup_draft", "adapter", "trained_adapter",
+                           "fim_adapter",
                            "remote_endpoint", "remote_model",
                            "fim_format", "test_table", "test_token_delay_ms", "test_load_delay_ms"})
 
@@ -56,6 +61,7 @@ class Settings:
     model: Optional[str] = None
     device: str = "auto"
     threads: Optional[int] = None
+    lookup_draft: int = DEFAULT_DRAFT
     adapter: Optional[str] = None
     trained_adapter: bool = True
     fim_adapter: bool = True
@@ -197,6 +203,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "model": _opt_str,
     "device": _choice(DEVICES),
     "threads": _int_range(1, 1024, optional=True),
+    "lookup_draft": _int_range(0, DRAFT_ROWS - 1),
     "adapter": _opt_str,
     "trained_adapter": _bool,
     "fim_adapter": _bool,

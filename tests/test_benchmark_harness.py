@@ -59,11 +59,12 @@ def _lookup():
     return _benchmark("lookup_headroom")
 
 
-def test_lookup_draft_copies_what_followed_the_last_ngram():
+def test_lookup_passes_count_a_greedy_verifier():
     lh = _lookup()
-    assert lh.draft_for([1, 2, 3, 4, 5, 1, 2, 3], 2) == [4, 5]
-    assert lh.draft_for([7, 8, 9], 3) == []  # nothing repeats
-    assert lh.draft_for([5, 6, 5], 4) == [6, 5]  # 1-gram fallback
+    assert lh.passes([7, 8, 9], [1, 2, 3], 3) == (3, 3)  # nothing repeats: one token a pass, no drafts
+    # The prompt holds the output after the same 3 tokens: a draft of 3 is verified with each pass.
+    n, appended = lh.passes([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3], [4, 5, 6, 7, 8, 9, 0], 3)
+    assert (n, appended) == (2, 4 + 4)  # 4 5 6 accepted + 7; then 8 9 accepted, 1 rejected, 0
 
 
 @given(st.lists(st.integers(0, 4), max_size=12), st.lists(st.integers(0, 4), min_size=1, max_size=24),

@@ -63,8 +63,9 @@ def test_choices_and_bounds_match_the_server():
             _, warnings = parse_settings({**base, key: bad})
             assert any(key in w for w in warnings), (prop, bad, warnings)
         checked += 1
-    # threads, maxTokens, debounceMs, promptBudgetTokens, contextBudgetTokens, suffixBudgetTokens, maxDocumentBytes
-    assert checked == 7
+    # threads, lookupDraft, maxTokens, debounceMs, promptBudgetTokens, contextBudgetTokens, suffixBudgetTokens,
+    # maxDocumentBytes
+    assert checked == 8
     acs = PROPS["intarsia.acceptanceCheckSeconds"]
     lo, hi = acs["items"]["minimum"], acs["items"]["maximum"]
     assert not parse_settings({"acceptanceCheckSeconds": [lo] * acs["maxItems"]})[1]

@@ -70,6 +70,40 @@ def test_completes_a_well_known_function(engine):
     assert "fibonacci(n-1)+fibonacci(n-2)" in line or "fibonacci(n-2)+fibonacci(n-1)" in line, res.text
 
 
+def test_prompt_lookup_decoding_on_the_real_model(built, engine):
+    """Code that repeats what is above the cursor: drafted tokens are accepted, fewer passes than tokens, and
+    the completion is the plain greedy one."""
+    from intarsia.model.engine import GenerationRequest
+    from intarsia.model.fim import QWEN25_CODER
+    from intarsia.model.ort_engine import OrtEngine
+
+    assert built.manifest["logits_rows"] == 8 and engine.lookup_draft == 3
+    prefix = (
+        "COLORS = {\n"
+        '    "red": (255, 0, 0),\n'
+        '    "green": (0, 255, 0),\n'
+        '    "blue": (0, 0, 255),\n'
+        "}\n\n\n"
+        "def describe(name):\n"
+        '    if name == "red":\n'
+        '        return "red is " + str(COLORS["red"])\n'
+        '    if name == "green":\n'
+        '        return "green is " + str(COLORS["green"])\n'
+        '    if name == "blue":\n'
+        "        return "
+    )
+    prompt = QWEN25_CODER.render(prefix, "\n    raise KeyError(name)\n")
+    req = GenerationRequest(prompt=prompt, max_new_tokens=16, stop=(*QWEN25_CODER.stop_strings, "\n"))
+    engine.reset_cache()
+    fast = engine.generate(req)
+    with OrtEngine(built.path, lookup_draft=0) as plain_engine:
+        plain = plain_engine.generate(req)
+    assert fast.text.strip() == '"blue is " + str(COLORS["blue"])', fast.text
+    assert fast.token_ids == plain.token_ids
+    assert fast.extra["lookup_accepted"] >= 4
+    assert fast.extra["lookup_passes"] < len(fast.token_ids) - 1
+
+
 def test_cli_complete_and_doctor(built):
     sample = ROOT / "tests" / "data" / "samples" / "fib.py"
     proc = subprocess.run([sys.executable, "-m", "intarsia.server.cli", "-q", "complete", str(sample), "--line", "5",
