@@ -117,9 +117,9 @@ def one(name: str, model: str | None, threads: int, new_tokens: int) -> dict:
     elif kind.startswith("ort-"):
         from intarsia.model.ort_engine import OrtEngine
 
-        precision = kind.split("-", 1)[1]
-        built = build(src, BuildOptions(precision=precision, lora_inputs=(precision == "exact")), progress=False)
-        engine = OrtEngine(built.path, threads=threads, lookup_draft=ort_draft)
+        opts, provider = ort_options(kind)
+        built = build(src, opts, progress=False)
+        engine = OrtEngine(built.path, provider=provider, threads=threads, lookup_draft=ort_draft)
     elif kind == "transformers":
         from intarsia.model.hf_engine import HfEngine
 
@@ -160,6 +160,20 @@ def one(name: str, model: str | None, threads: int, new_tokens: int) -> dict:
     engine.close()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
+
+
+def ort_options(kind: str):
+    """(BuildOptions, provider to run on) for an engine name "ort-PRECISION" (CPU build) or "ort-PRECISION-cuda"
+    (the CUDA build, run on CUDA when this machine has it, else on ONNX Runtime's CPU provider, which runs the
+    same fp16 graph: slower, for checking what it computes)."""
+    from intarsia.model.build import BuildOptions
+
+    precision = kind.split("-", 1)[1]
+    provider = "cpu"
+    if precision.endswith("-cuda"):
+        precision, provider = precision[: -len("-cuda")], "cuda"
+    opts = BuildOptions(precision=precision, provider=provider, accuracy_level=4, lora_inputs=(precision == "exact"))
+    return opts, ("auto" if provider == "cuda" else "cpu")
 
 
 def machine() -> dict:

@@ -84,7 +84,7 @@ def make_engine(kind: str, model: str, threads: int, adapter: Path | None = None
     """(engine, size_on_disk_bytes, description) for an engine name. A "+fim" suffix applies the model's
     shipped fill-in-the-middle adapter (model/adapters/), "+adapter" the peft folder given by --adapter
     (ORT engines: at run time; the reference: through peft)."""
-    from intarsia.model.build import BuildOptions, build, hf_folder_for, resolve_gguf
+    from intarsia.model.build import build, hf_folder_for, resolve_gguf
     from intarsia.model.registry import resolve_source
 
     src = resolve_source(model)
@@ -117,8 +117,9 @@ def make_engine(kind: str, model: str, threads: int, adapter: Path | None = None
     if kind.startswith("ort-"):
         from intarsia.model.ort_engine import OrtEngine
 
-        precision = kind.split("-", 1)[1]
-        opts = BuildOptions(precision=precision, provider="cpu", accuracy_level=4, lora_inputs=(precision == "exact"))
+        from engines import ort_options
+
+        opts, provider = ort_options(kind)
         built = build(src, opts, fim_adapter=False)
         size = sum(p.stat().st_size for p in built.path.iterdir() if p.name.startswith("model.onnx"))
         adapters = {}
@@ -128,9 +129,11 @@ def make_engine(kind: str, model: str, threads: int, adapter: Path | None = None
             out = built.path / "adapters" / f"bench-{peft_dir.resolve().name}.onnx_adapter"
             export_adapter(peft_dir, built.path, out)
             adapters["a"] = out
-        engine = OrtEngine(built.path, threads=threads, adapters=adapters, default_adapter="a" if adapters else None,
-                           lookup_draft=0 if decoding == "nolookup" else None)
+        engine = OrtEngine(built.path, provider=provider, threads=threads, adapters=adapters,
+                           default_adapter="a" if adapters else None, lookup_draft=0 if decoding == "nolookup" else None)
         how = "" if decoding != "nolookup" else ", plain decoding"
+        if opts.provider == "cuda" and engine.provider != "cuda":
+            how += ", run on the CPU provider"
         return engine, size, f"ONNX Runtime {opts.variant}" + label + how
     if kind == "llama.cpp":
         from peers import LlamaCppEngine

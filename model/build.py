@@ -2,8 +2,10 @@
 
 Default path for a GGUF source (`precision="exact"`): GGUF → fp32 Hugging Face folder (transformers) →
 onnxruntime-genai builder fp32 graph → `transcode` refills every matrix with the GGUF's own quantized blocks
-(no second quantization) → `add_lora_inputs` adds run-time LoRA branches. Other precisions call the builder
-directly (`int4`, `int8`, `fp32` on CPU; `fp16`, `int4` on CUDA).
+(no second quantization) → `add_lora_inputs` adds run-time LoRA branches. On CUDA, `exact` is the builder's fp16
+CUDA graph of that same exact fp32 folder, checked tensor by tensor to be gguf's dequantization rounded once to
+fp16 (`_exact_fp16`). Other precisions call the builder directly (`int4`, `int8`, `fp32` on CPU; `fp16`, `int4`
+on CUDA; the builder's int4 is a second, lossy quantization).
 
 Each built folder carries `intarsia_manifest.json`: source hashes, precision, execution provider, FIM format,
 builder and runtime versions, and the transcoding scheme per tensor class. `build_key` summarises the inputs;
@@ -24,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -59,8 +61,6 @@ class BuildOptions:
             raise BuildError(f"unknown execution provider '{self.provider}' (choose cpu or cuda)")
         if self.precision == "exact" and source.kind not in ("registry", "gguf"):
             raise BuildError("precision 'exact' needs a GGUF source; use fp32, int8 or int4 for a Hugging Face folder")
-        if self.precision == "exact" and self.provider == "cuda":
-            raise BuildError("precision 'exact' is built for the CPU; use fp16 or int4 on cuda")
         if self.precision == "fp16" and self.provider != "cuda":
             raise BuildError("fp16 is for the cuda provider; the CPU uses exact, fp32, int8 or int4")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
@@ -242,6 +242,14 @@ def with_fim_adapter(source: ModelSource, built: BuiltModel) -> BuiltModel:
     return BuiltModel(built.path, built.manifest, onnx_adapter_path(adapter, built.path))
 
 
+def _for_source(source: ModelSource, options: BuildOptions) -> BuildOptions:
+    """`exact` needs a GGUF; a Hugging Face folder's weights are exported as they are (fp32 on the CPU, fp16 on
+    CUDA)."""
+    if source.kind == "hf" and options.precision == "exact":
+        return replace(options, precision="fp16" if options.provider == "cuda" else "fp32")
+    return options
+
+
 def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress: bool,
            fim_format: Optional[str]) -> BuiltModel:
     if source.kind == "onnx":
@@ -253,9 +261,7 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
             f"'{source.hub_id}' looks like a hub id, but this machine reaches no model hub: download the model "
             "folder elsewhere and give its path"
         )
-    if source.kind == "hf" and options.precision == "exact":
-        options = BuildOptions(precision="fp32", provider=options.provider, accuracy_level=options.accuracy_level,
-                               lora_inputs=options.lora_inputs)
+    options = _for_source(source, options)
     options.validate(source)
 
     gguf = resolve_gguf(source, progress=progress)
@@ -283,8 +289,11 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
 
     scheme: dict = {}
     transcode_report = None
+    transcode_json: Optional[dict] = None
     with atomic_dir(out) as tmp:
-        if options.precision == "exact":
+        if options.precision == "exact" and options.provider == "cuda":
+            scheme, transcode_json = _exact_fp16(hf_dir, gguf, tmp)
+        elif options.precision == "exact":
             from .transcode import transcode
 
             fp32_dir = out.parent / f".{out.name}.fp32.part"
@@ -332,8 +341,31 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
         }
         if transcode_report is not None:
             manifest["transcode"] = transcode_report.to_json()
+        elif transcode_json is not None:
+            manifest["transcode"] = transcode_json
         write_json_atomic(tmp / MANIFEST, manifest)
     return BuiltModel(out, manifest)
+
+
+def _exact_fp16(hf_dir: Path, gguf: Path, out: Path) -> tuple[dict, dict]:
+    """The CUDA form of `exact`: the builder's fp16 CUDA graph of the folder `convert.gguf_to_hf` dequantized
+    from `gguf` (fp32, exact), so every weight is gguf's dequantization rounded once to fp16, and nothing else.
+    `transcode.verify` checks that tensor by tensor (a weight off by one fp16 step fails the build); returns
+    (scheme per tensor class, the manifest's report)."""
+    from .transcode import fp16_report, fp16_scheme, verify
+
+    run_builder(hf_dir, out, "fp16", "cuda", dict(BUILDER_EXTRA))
+    checks = verify(out, gguf)
+    bad = [c for c in checks if not c.exact]
+    if bad:
+        listed = ", ".join(f"{c.onnx_name or '+'.join(c.gguf_names)} ({c.op}, {c.max_abs_error:.3g})" for c in bad[:5])
+        raise BuildError(f"the fp16 CUDA graph is not gguf's dequantization rounded once: {listed}"
+                         + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+    if not any(c.dtype == "float16" for c in checks):
+        raise BuildError("the builder's CUDA graph holds no fp16 weights to check")
+    log.info("fp16 CUDA graph: %d weights are gguf's dequantization rounded once (largest rounding %.3g)",
+             len(checks), max(c.rounding_error for c in checks))
+    return fp16_scheme(checks), fp16_report(checks)
 
 
 def _with_draft_logits(model_dir: Path, manifest: dict) -> dict:
@@ -362,9 +394,7 @@ def find_built(source: ModelSource, options: BuildOptions = BuildOptions()) -> O
     (see `with_fim_adapter`)."""
     if source.kind == "onnx":
         return BuiltModel(source.path, read_manifest(source.path) or {})
-    if source.kind == "hf" and options.precision == "exact":
-        options = BuildOptions(precision="fp32", provider=options.provider, accuracy_level=options.accuracy_level,
-                               lora_inputs=options.lora_inputs)
+    options = _for_source(source, options)
     out = built_dir(source, options)
     m = read_manifest(out)
     if m and (out / "model.onnx").exists():

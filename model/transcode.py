@@ -441,12 +441,50 @@ class TensorCheck:
     gguf_names: tuple[str, ...]
     gguf_types: tuple[str, ...]
     op: str
+    # Against gguf's dequantization; for an fp16 weight, against that dequantization rounded once to fp16
+    # (round to nearest even, as numpy and torch cast), so 0.0 means "exact" for every form.
     max_abs_error: float
     n_values: int
+    dtype: str = "float32"  # the stored weight's float type ("float16" for CUDA graphs), or "blocks"
+    rounding_error: float = 0.0  # max |stored - gguf's dequantization| (fp16 rounding; 0.0 otherwise)
+    tensor_class: str = ""
 
     @property
     def exact(self) -> bool:
         return self.max_abs_error == 0.0
+
+
+# Round to nearest: |fp16(w) - w| <= 2^-11 |w| for normal values, <= 2^-25 below fp16's smallest normal.
+FP16_RELATIVE_BOUND = 2.0**-11
+FP16_SUBNORMAL_BOUND = 2.0**-25
+
+
+def fp16_scheme(checks: Sequence[TensorCheck]) -> dict[str, str]:
+    """Scheme per tensor class of an fp16 graph checked by `verify`, in `TranscodeReport.by_class`'s style:
+    {"attn_qkv": "Q5_0+Q8_0 → MatMul fp16, rounded once (×12); ...", ...}."""
+    out: dict[str, dict[str, int]] = {}
+    for c in checks:
+        if c.op == "missing" or not c.tensor_class:
+            continue
+        types = "+".join(dict.fromkeys(c.gguf_types))
+        kind = "fp16, rounded once" if c.dtype == "float16" else "fp32 (kept)" if c.dtype == "float32" else "blocks"
+        scheme = f"{types} → {c.op} {kind}"
+        out.setdefault(c.tensor_class, {})
+        out[c.tensor_class][scheme] = out[c.tensor_class].get(scheme, 0) + 1
+    return {cls: "; ".join(s if len(v) == 1 else f"{s} (×{n})" for s, n in v.items()) for cls, v in out.items()}
+
+
+def fp16_report(checks: Sequence[TensorCheck]) -> dict:
+    """A JSON-ready summary of `verify` on an fp16 graph, for the build manifest."""
+    return {
+        "form": "fp16: gguf's dequantization rounded once to fp16 (round to nearest even)",
+        "relative_bound": FP16_RELATIVE_BOUND,
+        "tensors": len([c for c in checks if c.op != "missing"]),
+        "values": sum(c.n_values for c in checks),
+        "max_abs_error": max((c.max_abs_error for c in checks), default=0.0),
+        "max_rounding_error": max((c.rounding_error for c in checks), default=0.0),
+        "by_class": fp16_scheme(checks),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -723,13 +761,15 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 RowsFn = Callable[[int, int], np.ndarray]
 
 
-def _compare(parts: Sequence[GGUFTensor], onnx_nk: Optional[np.ndarray], written: Optional[RowsFn]):
+def _compare(parts: Sequence[GGUFTensor], onnx_nk: Optional[np.ndarray], written: Optional[RowsFn],
+             fp16: bool = False):
     """Compare, a chunk of rows at a time, gguf's dequantization of the concatenated `parts` [N, K] with the
     builder's fp32 weight `onnx_nk` and with the `written` weights (rows i..j → float32 [j - i, K]).
 
-    Returns (max |onnx - gguf|, max |gguf|, max |written - gguf|)."""
+    Returns (max |onnx - gguf|, max |gguf|, max |written - gguf'|, max |written - gguf|), where gguf' is gguf's
+    dequantization rounded once to fp16 when `fp16`, else gguf's dequantization itself."""
     k = int(parts[0].shape[0])
-    onnx_err = ref_max = err = 0.0
+    onnx_err = ref_max = err = raw_err = 0.0
     r0 = 0
     for t in parts:
         rows = int(t.shape[1])
@@ -741,9 +781,14 @@ def _compare(parts: Sequence[GGUFTensor], onnx_nk: Optional[np.ndarray], written
             if onnx_nk is not None:
                 onnx_err = max(onnx_err, _max_abs_diff(np.asarray(onnx_nk[r0 + i : r0 + j], np.float32), ref))
             if written is not None:
-                err = max(err, _max_abs_diff(written(r0 + i, r0 + j), ref))
+                w = written(r0 + i, r0 + j)
+                raw_err = max(raw_err, _max_abs_diff(w, ref))
+                if fp16:
+                    with np.errstate(over="ignore"):
+                        ref = ref.astype(np.float16).astype(np.float32)
+                err = max(err, _max_abs_diff(w, ref))
         r0 += rows
-    return onnx_err, ref_max, err
+    return onnx_err, ref_max, err, raw_err
 
 
 def _check_mapping(label: str, onnx_nk: np.ndarray, parts: Sequence[GGUFTensor]) -> None:
@@ -752,7 +797,7 @@ def _check_mapping(label: str, onnx_nk: np.ndarray, parts: Sequence[GGUFTensor])
     shape = (sum(int(t.shape[1]) for t in parts), int(parts[0].shape[0]))
     if any(int(t.shape[0]) != shape[1] for t in parts) or tuple(onnx_nk.shape) != shape:
         raise BuildError(f"{label} has shape {tuple(onnx_nk.shape)} but GGUF {names} gives {shape}")
-    diff, scale, _ = _compare(parts, onnx_nk, None)
+    diff, scale, *_ = _compare(parts, onnx_nk, None)
     if not diff <= 4 * float(np.finfo(np.float32).eps) * scale:
         raise BuildError(
             f"{label} does not match GGUF {names} (max abs difference {diff:.3g}): the fp32 export was not "
@@ -993,7 +1038,7 @@ def _transcode(
                 data = pack_codes(form.codes, bits, form.block).reshape(n, -1) if bits == 4 else form.codes
                 zp = pack_zero_points(form.zero_points, bits)
                 scales = np.ascontiguousarray(form.scales, dtype=np.float32)
-                _, _, err = _compare(parts, None, _gather_rows(data, scales, zp, bits, form.block, k))
+                _, _, err, _ = _compare(parts, None, _gather_rows(data, scales, zp, bits, form.block, k))
                 if err != 0.0:
                     raise BuildError(f"transcoding {tg.weight} is not exact (max abs error {err:.3g})")
                 qi = [writer.add(f"{wprefix}.qweight", data), writer.add(f"{wprefix}.scales", scales),
@@ -1011,7 +1056,7 @@ def _transcode(
                 zp = pack_zero_points(form.zero_points, form.bits)
                 scales = np.ascontiguousarray(form.scales, dtype=np.float32)
                 rows = _nbits_rows(b, scales, zp, form.bits, form.block, k, form.mins, form.min_block)
-                _, _, err = _compare(parts, None, rows)
+                _, _, err, _ = _compare(parts, None, rows)
                 if err != 0.0:
                     raise BuildError(f"transcoding {tg.weight} is not exact (max abs error {err:.3g})")
                 qi = [writer.add(f"{wprefix}.MatMulNBits.qweight", b),
@@ -1085,10 +1130,11 @@ def _transcode(
 def verify(onnx_dir: Path, gguf_path: Path) -> list[TensorCheck]:
     """Read the written weights back, dequantize them, and compare with `gguf.quants.dequantize`.
 
-    One TensorCheck per weight matrix (MatMulNBits with its min correction, GatherBlockQuantized, or an fp32
-    MatMul/Gather), plus one with op "missing" and an infinite error for each GGUF matrix that no ONNX weight
-    holds. Every error is 0.0 for a correct transcoding.
-    """
+    One TensorCheck per weight matrix (MatMulNBits with its min correction, GatherBlockQuantized, or an fp32 or
+    fp16 MatMul/Gather), plus one with op "missing" and an infinite error for each GGUF matrix that no ONNX weight
+    holds. Every error is 0.0 for a correct transcoding. An fp16 weight (the builder's CUDA graphs) is compared
+    with gguf's dequantization rounded once to fp16, so its error is 0.0 too when nothing else touched it; its
+    `rounding_error` records how far that rounding moved it (at most 2^-11 relative)."""
     onnx_dir = Path(onnx_dir)
     graph = _load_graph(onnx_dir).graph
     inits = _Initializers(onnx_dir, graph)
@@ -1137,7 +1183,7 @@ def verify(onnx_dir: Path, gguf_path: Path) -> list[TensorCheck]:
             name = name if corr is None else corr[2]
             rows = _nbits_rows(inits.array(nd.input[1]), inits.array(nd.input[2]), zp, bits, block, k, mins, mb)
             shape = (attr(nd, "N"), k)
-            weight = nd.input[1]
+            weight, dtype = nd.input[1], "blocks"
         elif kind == "GatherBlockQuantized" and nd.domain == MS_DOMAIN:
             bits, block = attr(nd, "bits", 4), attr(nd, "block_size")
             data, scales = inits.array(nd.input[0]), inits.array(nd.input[2])
@@ -1146,12 +1192,15 @@ def verify(onnx_dir: Path, gguf_path: Path) -> list[TensorCheck]:
                 pack_zero_points(np.full(scales.shape, 1 << (bits - 1), np.uint8), bits)
             rows = _gather_rows(data, scales, zp, bits, block, k)
             shape = (data.shape[0], k)
-            weight = nd.input[0]
+            weight, dtype = nd.input[0], "blocks"
         elif kind in ("MatMul", "Gather") and nd.domain in ("", "ai.onnx"):
             weight = nd.input[1] if kind == "MatMul" else nd.input[0]
             if weight not in inits.protos or len(inits.protos[weight].dims) != 2:
                 continue
             w = inits.array(weight)
+            if w.dtype not in (np.float32, np.float16):
+                continue
+            dtype = str(w.dtype)
             w = w.T if kind == "MatMul" else w
 
             def rows(i, j, w=w):
@@ -1165,9 +1214,12 @@ def verify(onnx_dir: Path, gguf_path: Path) -> list[TensorCheck]:
             continue
         parts = [_gguf_tensor(tensors, p) for p in mapped[1]]
         ref_shape = (sum(int(t.shape[1]) for t in parts), int(parts[0].shape[0]))
-        err = _compare(parts, None, rows)[2] if tuple(shape) == ref_shape else float("inf")
+        err = rounding = float("inf")
+        if tuple(shape) == ref_shape:
+            _, _, err, rounding = _compare(parts, None, rows, fp16=dtype == "float16")
         checks.append(TensorCheck(name, mapped[1], tuple(t.type_name for t in parts), kind, err,
-                                  ref_shape[0] * ref_shape[1]))
+                                  ref_shape[0] * ref_shape[1], dtype,
+                                  rounding if dtype == "float16" else 0.0, mapped[0]))
         covered.update(mapped[1])
     for gname, t in tensors.items():
         if len(t.shape) == 2 and gname.endswith(".weight") and gname not in covered:

@@ -126,8 +126,11 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     print(f"built      {built.path}")
     for key in ("precision", "execution_provider", "accuracy_level", "fim_format", "lora_inputs", "logits_rows",
                 "built_at"):
-        if key in m:
-            print(f"{key:10s} {m[key]}")
+        if key in m and not (key == "accuracy_level" and m.get("execution_provider") == "cuda"):
+            print(f"{key:10s} {m[key]}")  # (accuracy levels are for the CPU's MatMulNBits)
+    rounding = (m.get("transcode") or {}).get("max_rounding_error")
+    if rounding is not None:
+        print(f"rounding   every weight is gguf's value rounded once to fp16 (largest change {rounding:.3g})")
     if "size_bytes" in m:
         print(f"size       {_human(m['size_bytes'])}")
     for cls, desc in (m.get("scheme") or {}).items():

@@ -266,8 +266,16 @@ def _build_command(settings: Settings, name: str) -> str:
     if settings.model:
         cmd += f" {settings.model}"
     if settings.device == "cuda":
-        cmd += " --device cuda --precision int4"
+        cmd += " --device cuda"
     return cmd
+
+
+def cuda_builds() -> tuple:
+    """Build options a CUDA engine can serve, best first: the GGUF's weights rounded once to fp16 (`exact`, or a
+    plain fp16 export), then the builder's int4 (a second quantization: served with a warning)."""
+    from intarsia.model.build import BuildOptions
+
+    return tuple(BuildOptions(precision=p, provider="cuda") for p in ("exact", "fp16", "int4"))
 
 
 FIM_ADAPTER = "fim"
@@ -310,12 +318,13 @@ def _load_ort(settings: Settings, progress: Optional[Progress], workspace: Optio
 
     _progress(progress, "finding the model", 0)
     src = resolve_source(settings.model)
-    options = BuildOptions()
-    if settings.device == "cuda":
-        options = BuildOptions(precision="int4", provider="cuda")
-    built = find_built(src, options)
-    if built is None and settings.device == "auto":
-        built = find_built(src, BuildOptions(precision="int4", provider="cuda"))
+    candidates = cuda_builds() if settings.device == "cuda" else (BuildOptions(),)
+    if settings.device == "auto":
+        candidates += cuda_builds()
+    built = next((b for b in (find_built(src, o) for o in candidates) if b is not None), None)
+    if built is not None and built.manifest.get("precision") == "int4":
+        log.warning("serving %s's builder int4 export (a second quantization of the GGUF); `%s` builds the exact "
+                    "model", src.name, _build_command(settings, src.name))
     if built is None:
         raise ModelNotFoundError(
             f"no built model for {src.name}: run `{_build_command(settings, src.name)}`, then reload the model "

@@ -77,3 +77,31 @@ def test_lookup_passes_never_exceed_tokens_and_copying_pays(prompt, output, k):
     # Output that repeats the prompt verbatim is verified k + 1 tokens a pass once the pattern is found.
     text = [1, 2, 3, 4, 5, 6, 7, 8]
     assert lh.passes(text + text, text, 4)[0] < len(text)
+
+
+@pytest.mark.parametrize("type_name", ["Q5_0", "Q4_K", "Q6_K", "Q8_0"])
+def test_kernel_benchmark_times_the_served_computation(type_name):
+    """benchmarks/matmul_kernels.py builds each form from real GGUF blocks: every session must compute
+    A @ W^T with W gguf's dequantization (exact forms to fp32/int8-activation rounding; the int8 per-channel
+    reference to its own, larger, error)."""
+    import gguf
+    import numpy as np
+
+    from intarsia.model.transcode import decode_blocks
+    from tiny_gguf import quantized_tensor
+
+    mk = _benchmark("matmul_kernels")
+    rng = np.random.default_rng(5)
+    n, k = 48, 512
+    raw = quantized_tensor(rng, type_name, n, k, 0.05)
+    w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[type_name]).reshape(n, k).astype(np.float32)
+    form = decode_blocks(raw, type_name, n, k)
+    a = rng.standard_normal((16, k), dtype=np.float32)
+    want = a @ w.T
+    scale = np.abs(want).max()
+    for sess, tol in [(mk.exact_session(form, k, n, 1, 1), 1e-5), (mk.exact_session(form, k, n, 4, 1), 2e-2),
+                      (mk.dense_session(w, 1), 1e-5), (mk.int8_session(w, 1), 5e-2)]:
+        got = sess.run(None, {"A": a})[0]
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= tol * scale
+    assert mk.time_ms(mk.dense_session(w, 1), a, 2, 1) > 0

@@ -105,3 +105,100 @@ def test_built_weights_verify_exact_with_lora_branches(built, tiny_gguf):
 
     checks = verify(built.path, tiny_gguf)
     assert checks and all(c.exact for c in checks), [c for c in checks if not c.exact][:3]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA: `exact` is the same exact weights rounded once to fp16. Built and checked here without a GPU; the fp16
+# graph also runs on ONNX Runtime's CPU provider, which checks what it computes.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built_cuda(tiny_gguf, cache):
+    return build(str(tiny_gguf), BuildOptions(provider="cuda"), progress=False)
+
+
+def test_exact_on_cuda_is_the_gguf_rounded_once_to_fp16(built_cuda, tiny_gguf):
+    import gguf
+    import numpy as np
+
+    from intarsia.model.transcode import FP16_RELATIVE_BOUND, FP16_SUBNORMAL_BOUND, read_gguf_tensors, verify
+
+    m = built_cuda.manifest
+    assert (m["precision"], m["execution_provider"], built_cuda.path.name) == ("exact", "cuda", "exact-cuda")
+    assert m["logits_rows"] == 1 and m["lora_inputs"] is True
+    checks = verify(built_cuda.path, tiny_gguf)
+    assert checks and all(c.exact for c in checks), [c for c in checks if not c.exact][:3]
+    assert {c.dtype for c in checks} == {"float16"}
+    covered = {n for c in checks for n in c.gguf_names}
+    tensors = read_gguf_tensors(tiny_gguf)
+    assert covered == {n for n, t in tensors.items() if len(t.shape) == 2 and n.endswith(".weight")}
+    # the rounding is real (Q5_0's d * q needs more than fp16's 11 bits) and within round-to-nearest's bound
+    assert m["transcode"]["max_abs_error"] == 0.0 and m["transcode"]["max_rounding_error"] > 0.0
+    for c in checks:
+        ref = np.concatenate([gguf.quants.dequantize(tensors[n].data, tensors[n].qtype).reshape(-1) for n in c.gguf_names])
+        assert c.rounding_error <= max(FP16_RELATIVE_BOUND * float(np.abs(ref).max()), FP16_SUBNORMAL_BOUND)
+    scheme = m["scheme"]
+    assert set(scheme) == {"embed_tokens", "attn_qkv", "attn_o", "mlp_gate", "mlp_up", "mlp_down", "lm_head"}
+    assert scheme["embed_tokens"] == "Q5_0 → Gather fp16, rounded once"
+    assert "Q6_K → MatMul fp16, rounded once" in scheme["mlp_down"] and "Q4_K" in scheme["mlp_down"]
+    assert json.loads((built_cuda.path / "intarsia_lora.json").read_text())["dtype"] == "float16"
+    assert find_built(resolve_source(str(tiny_gguf)), BuildOptions(provider="cuda")).path == built_cuda.path
+
+
+def test_a_weight_changed_by_one_fp16_step_fails_the_check(built_cuda, tiny_gguf, tmp_path):
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from intarsia.model.transcode import verify
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built_cuda.path, copy)
+    model = onnx.load(str(copy / "model.onnx"))
+    name = "model.layers.1.mlp.down_proj.MatMul.weight"
+    (t,) = [t for t in model.graph.initializer if t.name == name]
+    w = numpy_helper.to_array(t, base_dir=str(copy)).copy()
+    w.view(np.uint16)[3, 5] += 1  # the next fp16 value
+    t.CopyFrom(numpy_helper.from_array(w, name))
+    onnx.save(model, str(copy / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    bad = [c for c in verify(copy, tiny_gguf) if not c.exact]
+    assert [c.gguf_names for c in bad] == [("blk.1.ffn_down.weight",)]
+    assert 0 < bad[0].max_abs_error < 1e-2
+
+
+def test_exact_cuda_graph_computes_the_exact_model(built, built_cuda):
+    """Run on the CPU provider: the fp16 graph's greedy tokens equal the CPU exact model's (fp32 activations,
+    accuracy level 0), and its logits agree to fp16 precision."""
+    from intarsia.model.engine import GenerationRequest
+    from intarsia.model.ort_engine import OrtEngine
+
+    prompts = [
+        "<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n<|fim_middle|>",
+        "import os\n\nfor name in os.listdir('.'):\n",
+        "class Stack:\n    def __init__(self):\n        self.items = []\n",
+    ]
+    with OrtEngine(built.path, threads=2) as exact, OrtEngine(built_cuda.path, provider="cpu", threads=2) as half:
+        for p in prompts:
+            req = GenerationRequest(prompt=p, max_new_tokens=12, ignore_eos=True)
+            assert half.generate(req).token_ids == exact.generate(req).token_ids, p
+
+
+def test_cuda_builds_are_served_best_first():
+    from intarsia.server.engines import cuda_builds
+
+    assert [(o.precision, o.provider) for o in cuda_builds()] == [("exact", "cuda"), ("fp16", "cuda"),
+                                                                   ("int4", "cuda")]
+
+
+def test_model_info_shows_the_cuda_scheme(built_cuda, tiny_gguf, capsys):
+    from intarsia.server.cli import main
+
+    assert main(["model", "info", str(tiny_gguf), "--device", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert str(built_cuda.path) in out and "execution_provider cuda" in out
+    assert "accuracy_level" not in out  # a CPU setting
+    assert "rounded once to fp16" in out
+    assert "Q6_K → MatMul fp16, rounded once" in out

@@ -224,9 +224,8 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
     t_start = time.perf_counter()
     device = resolve_device(options.device)
     src, hf_dir = resolve_base(options.base, progress=options.progress)
-    build_opts = BuildOptions() if src.kind != "hf" else BuildOptions(precision="fp32")
-    if device == "cuda":
-        build_opts = BuildOptions(precision="fp16", provider="cuda")
+    # exact: the GGUF's own blocks on the CPU, their fp16 rounding on CUDA; a Hugging Face folder as it is
+    build_opts = BuildOptions(provider="cuda" if device == "cuda" else "cpu")
     built = build(src, build_opts, progress=options.progress, fim_adapter=False)
     fmt = check_fim(built.path, built.manifest.get("fim_format"), src.name)
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
@@ -333,8 +332,7 @@ def evaluate_repository(repo: Path, *, base: Optional[str] = None, adapter: str 
     from intarsia.model.registry import resolve_source
 
     src = resolve_source(base)
-    built = build(src, BuildOptions() if src.kind not in ("hf",) else BuildOptions(precision="fp32"),
-                  progress=options.progress, fim_adapter=False)
+    built = build(src, BuildOptions(), progress=options.progress, fim_adapter=False)
     fmt = check_fim(built.path, built.manifest.get("fim_format"), src.name)
     data = prepare(repo, options)
     root = data.crawl.root
