@@ -8,7 +8,8 @@ fp16 (`_exact_fp16`). Other precisions call the builder directly (`int4`, `int8`
 on CUDA; the builder's int4 is a second, lossy quantization).
 
 Each built folder carries `intarsia_manifest.json`: source hashes, precision, execution provider, FIM format,
-builder and runtime versions, and the transcoding scheme per tensor class. `build_key` summarises the inputs;
+builder and runtime versions, the transcoding scheme per tensor class, and the sha256 of the config files it wrote
+(`files`: `model.trust` refuses the folder once one changed). `build_key` summarises the inputs;
 a later run rebuilds only when it changed.
 
 Every CPU build's LM head returns logits for the last few positions of a call (`lookup.add_draft_logits`),
@@ -34,10 +35,10 @@ from .cache import atomic_dir, clean_stale_parts, models_dir, sha256_file, write
 from .errors import BuildError, FimFormatError, ModelNotFoundError
 from .fim import FimFormat, detect_format, get_format
 from .registry import ModelSource, resolve_source
+from .trust import MANIFEST, check_hf_folder, check_onnx_folder, config_digests
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "intarsia_manifest.json"
 MANIFEST_VERSION = 2
 # Builder options every build uses. prune_lm_head: logits only for the last prompt position (a 500-token
 # prefill no longer multiplies 500 hidden states by the 151,936-row output matrix; same tokens).
@@ -167,6 +168,8 @@ def check_fim(model_dir: Path, fmt_name: Optional[str], model_name: str) -> FimF
 
 
 def run_builder(hf_dir: Path, out_dir: Path, precision: str, provider: str, extra: dict) -> None:
+    # The builder loads the folder with transformers (trust_remote_code off: it is never given hf_remote).
+    check_hf_folder(hf_dir)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),
            "-p", precision, "-e", provider, "-c", str(out_dir) + ".cache"]
     if extra:
@@ -253,6 +256,7 @@ def _for_source(source: ModelSource, options: BuildOptions) -> BuildOptions:
 def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress: bool,
            fim_format: Optional[str]) -> BuiltModel:
     if source.kind == "onnx":
+        check_onnx_folder(source.path)
         manifest = read_manifest(source.path) or {}
         fmt = check_fim(source.path, fim_format or manifest.get("fim_format"), source.name)
         return BuiltModel(source.path, {**manifest, "fim_format": fmt.name})
@@ -338,6 +342,9 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "build_seconds": round(time.perf_counter() - t0, 1),
             "size_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
+            # sha256 of the config files written here (genai_config.json first): model.trust refuses the folder
+            # once one of them changes.
+            "files": config_digests(tmp),
         }
         if transcode_report is not None:
             manifest["transcode"] = transcode_report.to_json()
@@ -393,6 +400,7 @@ def find_built(source: ModelSource, options: BuildOptions = BuildOptions()) -> O
     """An already built folder for `source` (no building, no download), or None. Its `fim_adapter` is not set
     (see `with_fim_adapter`)."""
     if source.kind == "onnx":
+        check_onnx_folder(source.path)
         return BuiltModel(source.path, read_manifest(source.path) or {})
     options = _for_source(source, options)
     out = built_dir(source, options)

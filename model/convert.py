@@ -81,9 +81,10 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path, *, progress: bool = True, check: 
         check_gguf_header(gguf_path)
     with atomic_dir(Path(out_dir)) as tmp:
         log.info("loading %s with transformers (dequantizing to fp32)", gguf_path.name)
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        # Config, tokenizer and weights all come from the GGUF (never pickles); no Python from the folder beside it.
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
         )
         # transformers refuses to save while its GGUF quantizer is attached; the weights are plain fp32 now.
         model.hf_quantizer = None

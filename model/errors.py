@@ -33,3 +33,12 @@ class EngineError(IntarsiaError):
 
 class BuildError(IntarsiaError):
     pass
+
+
+class UntrustedModelError(IntarsiaError):
+    """A model or adapter folder would make a runtime run code (a shared library its config names, a pointer,
+    the folder's own Python, a pickle); see `model.trust`."""
+
+
+class ConfigError(IntarsiaError):
+    """The user's configuration file (`model.trust.config_path`) cannot be read."""

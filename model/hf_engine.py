@@ -28,6 +28,7 @@ from .engine import (
 )
 from .errors import EngineError, ModelNotFoundError
 from .ort_engine import HfTokenizerFile, TextAssembler, _GuardedCallback, decode_loop, sample_token
+from .trust import check_hf_folder, check_peft_folder
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _load_tokenizer(source: Any):
             from transformers import AutoTokenizer
 
             try:
-                return _TransformersTokenizer(AutoTokenizer.from_pretrained(str(p)))
+                return _TransformersTokenizer(AutoTokenizer.from_pretrained(str(p), trust_remote_code=False))
             except Exception as e:
                 raise EngineError(f"cannot load a tokenizer from {p}: {str(e).splitlines()[0]}") from None
         raise ModelNotFoundError(f"tokenizer {p} does not exist")
@@ -127,10 +128,12 @@ class HfEngine(Engine):
             model_dir = Path(model_dir_or_model)
             if not (model_dir / "config.json").is_file():
                 raise ModelNotFoundError(f"no transformers model in {model_dir} (config.json is missing)")
+            check_hf_folder(model_dir)  # no auto_map code, no pickle-only weights (model.trust)
             from transformers import AutoModelForCausalLM
 
             try:
-                model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=self._dtype)
+                model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=self._dtype, trust_remote_code=False,
+                                                             use_safetensors=True)
             except Exception as e:
                 raise EngineError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}") from None
             self._tok = _load_tokenizer(tokenizer if tokenizer is not None else model_dir)
@@ -144,6 +147,7 @@ class HfEngine(Engine):
             adapter_dir = Path(adapter_dir)
             if not (adapter_dir / "adapter_config.json").is_file():
                 raise ModelNotFoundError(f"no PEFT adapter in {adapter_dir} (adapter_config.json is missing)")
+            check_peft_folder(adapter_dir)  # adapter_model.safetensors, never a pickle (model.trust)
             from peft import PeftModel
 
             try:

@@ -42,6 +42,7 @@ from typing import Optional
 
 from .cache import atomic_path, sha256_file, write_json_atomic
 from .errors import BuildError, EngineError
+from .trust import check_peft_folder
 
 log = logging.getLogger(__name__)
 
@@ -548,9 +549,7 @@ def _read_peft(peft_dir: Path) -> tuple[dict, dict, Path]:
     if not cfg_path.is_file():
         raise BuildError(f"{peft_dir} is not a peft adapter folder (no adapter_config.json)")
     if not weights.is_file():
-        if (peft_dir / "adapter_model.bin").is_file():
-            raise BuildError(f"{peft_dir}: only adapter_model.safetensors is supported, re-save with safetensors")
-        raise BuildError(f"{peft_dir}: no adapter_model.safetensors")
+        check_peft_folder(peft_dir)  # raises: only a pickle (model.trust), or no weights at all
     try:
         config = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:

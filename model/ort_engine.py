@@ -40,6 +40,7 @@ from .engine import (
 )
 from .errors import EngineError, ModelNotFoundError
 from .lookup import DEFAULT_DRAFT, LookupDecoder, logits_rows
+from .trust import check_onnx_folder
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,9 @@ class OrtEngine(Engine):
             self._genai_config = json.loads(cfg_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise EngineError(f"cannot read {cfg_path}: {e}") from None
+        # The choke point before onnxruntime-genai reads the folder: a genai_config.json that names a library
+        # (custom_ops_library, a provider's plugin) would run that library's code here (model.trust).
+        check_onnx_folder(self.model_dir)
         model_cfg = self._genai_config.get("model", {})
         if provider not in ("auto", "cpu", "cuda"):
             raise EngineError(f"unknown provider '{provider}' (choose auto, cpu or cuda)")

@@ -101,9 +101,15 @@ def resolve_source(name_or_path: Optional[str]) -> ModelSource:
             raise ModelNotFoundError(f"{p} is a folder, not a GGUF file")
         return ModelSource(kind="gguf", name=p.stem, path=p)
     if p.is_dir():
+        from .trust import check_hf_folder, check_onnx_folder
+
+        # A folder named by a user or a workspace setting is data, never code (model.trust): refused here, before
+        # anything reads it with a runtime.
         if (p / "genai_config.json").exists():
+            check_onnx_folder(p)
             return ModelSource(kind="onnx", name=p.name, path=p)
         if (p / "config.json").exists():
+            check_hf_folder(p)
             return ModelSource(kind="hf", name=p.name, path=p)
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:

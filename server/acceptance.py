@@ -61,14 +61,27 @@ class AcceptanceLog:
         self._prepared = False
 
     def _prepare(self) -> None:
+        """The log holds suggestion text verbatim: its folder is 0700 and its files 0600, also when an older
+        version created them with wider permissions."""
         if self._prepared:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        info = self.path.parent / "workspace.json"
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in (folder, folder.parent):
+            if d.stat().st_mode & 0o077:
+                os.chmod(d, 0o700)
+        info = folder / "workspace.json"
         if not info.exists():
             tmp = info.with_name(f".workspace.json.{os.getpid()}.part")
-            tmp.write_text(json.dumps({"root": self.root}) + "\n", encoding="utf-8")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, (json.dumps({"root": self.root}) + "\n").encode("utf-8", "surrogatepass"))
+            finally:
+                os.close(fd)
             os.replace(tmp, info)
+        for f in (info, self.path):
+            if f.exists() and f.stat().st_mode & 0o077:
+                os.chmod(f, 0o600)
         self._prepared = True
 
     def write(self, event: str, **fields) -> None:
@@ -79,7 +92,7 @@ class AcceptanceLog:
         with self._lock:
             try:
                 self._prepare()
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
                     os.write(fd, line)  # unbuffered: the line is in the file when write returns
                 finally:
@@ -136,6 +149,7 @@ class Shown:
     text: str
     language: str
     created: float
+    accepted: int = 0  # characters of `full` accepted so far (typed + accepted): an accept counts once
 
 
 @dataclass
@@ -186,6 +200,9 @@ class AcceptanceTracker:
             return None
         typed = s.offset - s.origin
         total = typed + n
+        if total <= s.accepted:
+            return None  # the same accept again (a client retrying, a replayed command): counted once
+        s.accepted = total
         if total >= len(s.full):
             self.counts["accepted"] += 1
             self.log.write("accepted", id=sid, chars=n, typed=typed)

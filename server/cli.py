@@ -195,7 +195,9 @@ def _adapter_file(path: Path, model_dir: Path) -> Path:
         return path
     if path.is_dir() and (path / "adapter_config.json").exists():
         from intarsia.model.lora import export_adapter
+        from intarsia.model.trust import check_peft_folder
 
+        check_peft_folder(path)  # safetensors only, even when an export of it is cached
         out = model_dir / "adapters" / f"{path.resolve().name}.onnx_adapter"
         if not out.exists() or out.stat().st_mtime < (path / "adapter_config.json").stat().st_mtime:
             export_adapter(path, model_dir, out)
@@ -332,7 +334,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from intarsia.server.lsp import serve
 
-    rc = serve(tcp=args.tcp, port=args.port, verbose=args.verbose, log_file=args.log_file)
+    rc = serve(tcp=args.tcp, port=args.port, socket_path=args.socket, verbose=args.verbose, log_file=args.log_file)
     # Model and indexing threads must not keep the process alive once the client is gone.
     logging.shutdown()
     os._exit(rc)
@@ -566,9 +568,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("serve", help="run the language server (stdio; --tcp listens on 127.0.0.1)")
+    p = sub.add_parser("serve", help="run the language server (stdio; --tcp listens on 127.0.0.1 and asks for a "
+                                     "token; --socket PATH on a Unix socket)")
     p.add_argument("--tcp", action="store_true", help="listen on TCP (127.0.0.1 only) instead of stdio")
-    p.add_argument("--port", type=int, default=2087, help="TCP port (default 2087)")
+    p.add_argument("--port", type=int, default=2087, help="TCP port (default 2087; 0: any free port)")
+    p.add_argument("--socket", default=None, metavar="PATH",
+                   help="listen on a Unix socket (mode 0600) instead of stdio")
     p.add_argument("--log-file", default=None, help="write logs to this file instead of stderr")
     p.add_argument("--stdio", action="store_true", help="use stdio (the default; accepted for editor configs)")
     p.set_defaults(func=cmd_serve)

@@ -1,9 +1,11 @@
 """Repository context: snippets of other files, chosen by BM25 over tree-sitter chunks.
 
-Files of the workspace (`git ls-files` in a git repository, else a walk that honours the top-level
-.gitignore; binary, huge, minified and vendored files skipped) are cut into chunks: top-level functions and
-classes (classes longer than `MAX_CHUNK_LINES` are split into their methods), the code between them and files
-without a grammar in windows of lines. `RepoIndex` keeps a BM25 index of the chunks (terms: identifiers and
+Files of the workspace (`git ls-files` in a git repository, run through `server.git` so that the repository's
+configuration never runs a program, else a walk that honours the top-level .gitignore; binary, huge, minified
+and vendored files skipped, and no file whose real path leaves the workspace: a symlink to ~/.ssh must not put
+its target into a prompt) are cut into chunks: top-level functions and classes (classes longer than
+`MAX_CHUNK_LINES` are split into their methods), the code between them and files without a grammar in windows
+of lines. `RepoIndex` keeps a BM25 index of the chunks (terms: identifiers and
 their camelCase/snake_case parts); it is built in the background and updated on didSave.
 
 `ContextProvider.select(snapshot, budget, count_tokens)` scores the chunks of the index and of the other open
@@ -21,7 +23,7 @@ import logging
 import math
 import os
 import re
-import subprocess
+import stat
 import threading
 import time
 from collections import Counter
@@ -33,6 +35,7 @@ import tree_sitter
 
 from intarsia.grammars.registry import Language, language_for_path
 from intarsia.model.fim import RepoFile
+from intarsia.server.git import run_git
 
 log = logging.getLogger(__name__)
 
@@ -317,26 +320,65 @@ def skip_path(rel: str) -> bool:
     return any(name.endswith(s) for s in SKIP_SUFFIXES)
 
 
+def _is_within(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def inside_root(root: Path | str, path: Path | str) -> bool:
+    """Whether `path`, every symlink on the way resolved, is `root` (resolved too) or below it."""
+    return _is_within(os.path.realpath(path), os.path.realpath(root))
+
+
+class Confinement:
+    """Tells whether workspace-relative paths stay inside the root once symlinks are resolved; the real path of
+    each folder is computed once, a file's only when it is itself a link."""
+
+    def __init__(self, root: Path | str):
+        self.root = os.fspath(root)
+        self.real_root = os.path.realpath(root)
+        self._dirs: dict[str, bool] = {"": True}
+
+    def _dir_ok(self, rel_dir: str) -> bool:
+        ok = self._dirs.get(rel_dir)
+        if ok is None:
+            ok = self._dirs[rel_dir] = _is_within(os.path.realpath(os.path.join(self.root, rel_dir)), self.real_root)
+        return ok
+
+    def inside(self, rel: str) -> bool:
+        rel = rel.rstrip("/")
+        if not rel:
+            return True
+        parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        if not self._dir_ok(parent):
+            return False
+        full = os.path.join(self.root, rel)
+        return not os.path.islink(full) or _is_within(os.path.realpath(full), self.real_root)
+
+
 def list_files(root: Path, *, max_files: int = MAX_FILES, filtered: bool = True) -> list[str]:
     """Workspace-relative paths worth indexing: `git ls-files` (tracked and untracked, not ignored) in a git
-    repository, else a walk honouring the top-level .gitignore. `filtered=False` keeps vendored folders and
-    data files (`skip_path`) so that a caller can say why it skips them (training's crawl); a walk then lists a
-    vendored or hidden folder as one entry ending with '/' instead of walking it."""
-    keep = (lambda rel: not skip_path(rel)) if filtered else (lambda rel: True)
+    repository, else a walk honouring the top-level .gitignore. A path whose real path leaves `root` (a symlink
+    to a file outside, a file under a symlinked folder) is left out, and a symlinked folder is never walked.
+    `filtered=False` keeps vendored folders, data files (`skip_path`) and symlinks leaving the root so that a
+    caller can say why it skips them (training's crawl, which reads no symlink); a walk then lists a vendored,
+    hidden or symlinked folder as one entry ending with '/' instead of walking it."""
+    if filtered:
+        confine = Confinement(root)
+        keep = lambda rel: not skip_path(rel) and confine.inside(rel)  # noqa: E731
+    else:
+        keep = lambda rel: True  # noqa: E731
     root = Path(root)
-    try:
-        proc = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                              capture_output=True, timeout=20)
-        if proc.returncode == 0:
-            rels = [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
-            # A folder that an enclosing repository ignores (a virtualenv, site-packages under a git-installed
-            # tool) lists nothing: walk it instead.
-            ignored = not rels and subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."],
-                                                  capture_output=True, timeout=20).returncode == 0
-            if not ignored:
-                return [r for r in dict.fromkeys(rels) if keep(r)][:max_files]
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    listed = run_git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    if listed is not None and listed.ok:
+        rels = listed.lines("\0")
+        # A folder that an enclosing repository ignores (a virtualenv, site-packages under a git-installed
+        # tool) lists nothing: walk it instead.
+        ignored = False
+        if not rels:
+            check = run_git(root, "check-ignore", "-q", ".")
+            ignored = check is not None and check.ok
+        if not ignored:
+            return [r for r in dict.fromkeys(rels) if keep(r)][:max_files]
     patterns = _gitignore_patterns(root)
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -346,7 +388,7 @@ def list_files(root: Path, *, max_files: int = MAX_FILES, filtered: bool = True)
         for d in sorted(dirnames):
             if _ignored(rel_dir + d, True, patterns) or d in (".git", ".hg", ".svn"):
                 continue
-            if d in VENDORED_DIRS or d.startswith("."):
+            if d in VENDORED_DIRS or d.startswith(".") or os.path.islink(os.path.join(dirpath, d)):
                 if not filtered:  # reported as a folder (trailing '/'), never walked
                     out.append(rel_dir + d + "/")
                 continue
@@ -362,13 +404,26 @@ def list_files(root: Path, *, max_files: int = MAX_FILES, filtered: bool = True)
     return out
 
 
-def read_text_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> Optional[str]:
-    """The text of a source file, or None when it is missing, huge, binary or minified."""
+def read_text_file(path: Path, max_bytes: int = MAX_FILE_BYTES, *, root: Path | str | None = None
+                   ) -> Optional[str]:
+    """The text of a source file, or None when it is missing, not a regular file, huge, binary or minified, or,
+    with `root`, when its real path (symlinks resolved) is outside `root`. The real path is what is opened,
+    without following a link swapped in since."""
+    real = os.path.realpath(path)
+    if root is not None and not _is_within(real, os.path.realpath(root)):
+        return None
     try:
-        if not path.is_file() or path.stat().st_size > max_bytes:
+        st = os.stat(real)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:  # never open a FIFO or a device
             return None
-        data = path.read_bytes()
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            data = fh.read(max_bytes + 1)
     except OSError:
+        return None
+    if len(data) > max_bytes:
         return None
     if b"\0" in data[:8192]:
         return None
@@ -397,6 +452,7 @@ class RepoIndex:
         self.build_seconds: Optional[float] = None
 
     def rel(self, path: Path | str) -> Optional[str]:
+        """`path` relative to the root once symlinks are resolved; None when its real path is outside."""
         try:
             return Path(path).resolve().relative_to(self.root).as_posix()
         except (ValueError, OSError):
@@ -404,7 +460,7 @@ class RepoIndex:
 
     def _chunks_for(self, rel: str, text: Optional[str] = None) -> list[Chunk]:
         if text is None:
-            text = read_text_file(self.root / rel, self.max_file_bytes)
+            text = read_text_file(self.root / rel, self.max_file_bytes, root=self.root)
         if text is None:
             return []
         return chunk_text(rel, text, language_for_path(rel))
@@ -599,5 +655,5 @@ def _plain_score(chunk: Chunk, query: Counter) -> float:
     return float(sum(min(chunk.tf.get(t, 0), 3) for t in query))
 
 
-__all__ = ["terms", "Chunk", "chunk_text", "BM25", "list_files", "skip_path", "read_text_file", "RepoIndex",
-           "ContextProvider", "query_terms"]
+__all__ = ["terms", "Chunk", "chunk_text", "BM25", "list_files", "skip_path", "read_text_file", "inside_root",
+           "Confinement", "RepoIndex", "ContextProvider", "query_terms"]

@@ -20,7 +20,9 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import uuid
+from pathlib import Path
 from typing import Any, Optional
 
 from lsprotocol import types
@@ -30,7 +32,8 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
-from .settings import Settings, parse_settings, unwrap
+from . import transport
+from .settings import Settings, parse_settings, unwrap, without_workspace_unsafe
 from .worker import Session, Suggestion, uri_to_path
 
 log = logging.getLogger(__name__)
@@ -85,16 +88,42 @@ class IntarsiaProtocol(LanguageServerProtocol):
             raise
 
     def handle_message(self, message):
+        method = getattr(message, "method", None)
+        if self._shutdown and method != types.EXIT:
+            # The LSP: every request after shutdown gets InvalidRequest; notifications are dropped.
+            if getattr(message, "id", None) is not None and (method is not None or isinstance(message, _InvalidRequest)):
+                self._send_raw_error(message.id, types.ErrorCodes.InvalidRequest.value,
+                                     f"the server is shutting down: {method or 'the request'} is not handled after "
+                                     "shutdown")
+            else:
+                log.debug("after shutdown: %s ignored", method or "a response")
+            return
         if isinstance(message, _InvalidRequest):
             log.warning("request %r: %s", message.id, message.message)
             self._send_raw_error(message.id, message.code, message.message)
             return
-        if not hasattr(message, "jsonrpc"):
-            msg_id = message.get("id") if isinstance(message, dict) else None
-            log.warning("not a JSON-RPC 2.0 message: %.200r", message)
-            self._send_raw_error(msg_id, types.ErrorCodes.InvalidRequest.value, "not a JSON-RPC 2.0 message")
-            return
         super().handle_message(message)
+
+    def _execute_handler(self, msg_id, handler, callback, args=None, kwargs=None):
+        """pygls keeps a future per handled message until a response is sent; notifications never get one, so
+        each notification's future would stay forever (a leak of ~2 kB per keystroke). Forget a future once it
+        is done (a request's result has been sent by then)."""
+        super()._execute_handler(msg_id, handler, callback, args, kwargs)
+        future = self._request_futures.get(msg_id)
+        if future is not None:
+            def forget(f, msg_id=msg_id) -> None:
+                if self._request_futures.get(msg_id) is f:
+                    del self._request_futures[msg_id]
+
+            future.add_done_callback(forget)
+
+    def _send_response(self, msg_id, result=None, error=None):
+        """Errors go to the client without Python tracebacks (those stay in the log)."""
+        data = getattr(error, "data", None)
+        if isinstance(data, dict) and "traceback" in data:
+            log.error("request %r failed: %s\n%s", msg_id, error.message, "".join(data["traceback"]))
+            error = types.ResponseError(code=error.code, message=f"{error.message} (details in the server log)")
+        super()._send_response(msg_id, result, error)
 
     def _send_raw_error(self, msg_id: Any, code: int, message: str) -> None:
         if not isinstance(msg_id, (int, str)) or isinstance(msg_id, bool):
@@ -372,7 +401,9 @@ def make_server() -> IntarsiaServer:
         if s is None:
             return {"state": "uninitialized"}
         uri = args[0].get("uri") if args and isinstance(args[0], dict) else None
-        return s.status(uri if isinstance(uri, str) else None)
+        out = s.status(uri if isinstance(uri, str) else None)
+        out["open_requests"] = len(ls.protocol._request_futures)  # requests in flight (pygls' book-keeping)
+        return out
 
     @ls.command(CMD_RELOAD)
     def reload_model(ls: IntarsiaServer, *args: Any) -> dict:
@@ -473,7 +504,8 @@ def _location_args(args: tuple) -> tuple[str, int, int]:
 
 
 async def _pull_configuration(ls: IntarsiaServer) -> Optional[Any]:
-    """The client's "intarsia" section via workspace/configuration, when the client has that request."""
+    """The client's "intarsia" section via workspace/configuration, when the client has that request, without
+    `settings.WORKSPACE_UNSAFE` (many clients answer it from files a repository can ship)."""
     if not ls.client_supports("workspace.configuration"):
         return None
     try:
@@ -483,7 +515,11 @@ async def _pull_configuration(ls: IntarsiaServer) -> Optional[Any]:
         log.info("workspace/configuration failed: %s", e)
         return None
     if isinstance(res, (list, tuple)) and res and isinstance(res[0], dict) and res[0]:
-        return res[0]
+        section, dropped = without_workspace_unsafe(res[0])
+        if dropped:
+            log.info("workspace/configuration: %s not taken from it (settings that point at code, files or "
+                     "endpoints come only from initializationOptions and didChangeConfiguration)", ", ".join(dropped))
+        return section or None
     return None
 
 
@@ -518,23 +554,51 @@ def setup_logging(verbose: int = 0, log_file: Optional[str] = None) -> None:
     logging.getLogger("pygls").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
-def serve(*, tcp: bool = False, port: int = 2087, verbose: int = 0, log_file: Optional[str] = None) -> int:
-    """Run the server on stdio (default) or on TCP, bound to 127.0.0.1 only."""
+def serve(*, tcp: bool = False, port: int = 2087, socket_path: Optional[str] = None, verbose: int = 0,
+          log_file: Optional[str] = None) -> int:
+    """Run the server on stdio (default), on TCP bound to 127.0.0.1 (a per-start token is required), or on a
+    Unix socket with mode 0600; one client, until it leaves."""
     setup_logging(verbose, log_file)
     ls = make_server()
-    if tcp:
-        log.info("intarsia serve: listening on 127.0.0.1:%d", port)
-        try:
-            ls.start_tcp("127.0.0.1", port)
-        except SystemExit as e:  # the `exit` notification
-            return int(e.code or 0)
-        return _exit_code(ls)
-    # Keep stray writes to stdout (print, native libraries) off the LSP channel: the protocol gets a private
-    # duplicate of fd 1, and fd 1 itself now points at stderr.
-    lsp_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    sys.stdout = sys.stderr
-    ls.start_io(sys.stdin.buffer, lsp_out)
+    ls._stop_event = threading.Event()
+    stopped = ls._stop_event.is_set
+    try:
+        if socket_path:
+            def announce_path(path) -> None:
+                log.info("intarsia serve: listening on the Unix socket %s (mode 0600)", path)
+                print(f"intarsia serve: listening on {path} (readable by you only)", file=sys.stderr, flush=True)
+
+            transport.serve_unix(ls.protocol, Path(socket_path).expanduser(), stopped, announce_path)
+        elif tcp:
+            token = os.environ.get("INTARSIA_TOKEN") or transport.new_token()
+
+            def announce_port(bound: int) -> None:
+                where = transport.token_file(bound)
+                try:
+                    transport.write_private(where, token + "\n")
+                    kept = f", also in {where}"
+                except OSError as e:
+                    kept = f" (cannot write {where}: {e.strerror})"
+                print(f"intarsia serve: listening on 127.0.0.1:{bound}; a client must send "
+                      f"initializationOptions.token = {token}{kept}", file=sys.stderr, flush=True)
+                log.info("intarsia serve: listening on 127.0.0.1:%d", bound)
+
+            transport.serve_tcp(ls.protocol, "127.0.0.1", port, token, stopped, announce_port)
+        else:
+            # Keep stray writes to stdout (print, native libraries) off the LSP channel: the protocol gets a
+            # private duplicate of fd 1, and fd 1 itself now points at stderr.
+            lsp_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+            os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+            sys.stdout = sys.stderr
+            transport.serve_stdio(ls.protocol, sys.stdin.fileno(), lsp_out, stopped)
+    except SystemExit:  # the `exit` notification
+        pass
+    except BrokenPipeError:
+        log.error("the connection to the client is lost: shutting down")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ls.shutdown()
     return _exit_code(ls)
 
 

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
+import numpy as np
 import tree_sitter
 
 from intarsia.grammars.document import ParsedDocument
@@ -66,26 +67,6 @@ class DocumentError(ValueError):
 # ------------------------------------------------------------------------------------------------ positions
 
 
-def _line_start(text: str, line: int) -> int:
-    """str index where 0-based `line` starts, or -1 when the document has fewer lines."""
-    if line <= 0:
-        return 0
-    if "\r" not in text:
-        pos = 0
-        for _ in range(line):
-            nl = text.find("\n", pos)
-            if nl < 0:
-                return -1
-            pos = nl + 1
-        return pos
-    n = 0
-    for m in _NL.finditer(text):
-        n += 1
-        if n == line:
-            return m.end()
-    return -1
-
-
 def _line_content_end(text: str, start: int) -> int:
     """Index of the line break ending the line that starts at `start` (or len(text))."""
     nl = text.find("\n", start)
@@ -118,12 +99,14 @@ def _index_in_line(line_text: str, character: int, encoding: str) -> int:
     return len(line_text)
 
 
-def offset_at(text: str, line: int, character: int, encoding: str = "utf-16", *, strict: bool = False) -> int:
+def offset_at(text: str, line: int, character: int, encoding: str = "utf-16", *, strict: bool = False,
+              index: Optional["LineIndex"] = None) -> int:
     """str index of an LSP position. Beyond the last line: the end of the document, or PositionError with
-    `strict`. Beyond the end of a line: the line's end (as the LSP specifies)."""
+    `strict`. Beyond the end of a line: the line's end (as the LSP specifies). `index`: the text's LineIndex
+    (built here when not given)."""
     if line < 0 or character < 0:
         raise PositionError(f"negative position {line}:{character}")
-    start = _line_start(text, line)
+    start = (index or LineIndex(text)).line_start(line)
     if start < 0:
         if strict:
             raise PositionError(f"line {line} is past the end of the document")
@@ -132,28 +115,73 @@ def offset_at(text: str, line: int, character: int, encoding: str = "utf-16", *,
     return start + _index_in_line(text[start:end], character, encoding)
 
 
-def position_at(text: str, offset: int, encoding: str = "utf-16") -> tuple[int, int]:
-    """(line, character) of a str index, `character` in `encoding` code units."""
+def position_at(text: str, offset: int, encoding: str = "utf-16", *, index: Optional["LineIndex"] = None
+                ) -> tuple[int, int]:
+    """(line, character) of a str index, `character` in `encoding` code units. An index between the \\r and
+    the \\n of a line break is on the line the pair ends."""
     offset = max(0, min(offset, len(text)))
-    head = text[:offset]
-    if "\r" not in head:
-        line = head.count("\n")
-        ls = head.rfind("\n") + 1
-    else:
-        line = 0
-        ls = 0
-        for m in _NL.finditer(head):
-            line += 1
-            ls = m.end()
-        if head.endswith("\r") and text[offset:offset + 1] == "\n":
-            line -= 1  # inside a \r\n pair: still on the line the pair ends
-            ls = _line_start(text, line)
-    seg = text[ls:offset]
+    index = index or LineIndex(text)
+    line = index.line_of(offset)
+    seg = text[index.line_start(line):offset]
     if encoding == "utf-32" or seg.isascii():
         return line, len(seg)
     if encoding == "utf-16":
         return line, len(seg) + sum(1 for ch in seg if ord(ch) > 0xFFFF)
     return line, len(seg.encode("utf-8", "surrogatepass"))
+
+
+class LineIndex:
+    """Where each line of a text starts (LSP line breaks: \\n, \\r\\n, \\r), kept up to date through edits.
+
+    Converting an LSP position walks no lines: the start of line n is an array lookup and the line of an offset
+    a binary search. An edit recomputes only the starts inside the replaced span and shifts the ones after it
+    (one vector add), so a document with millions of lines costs milliseconds per keystroke, not seconds."""
+
+    def __init__(self, text: str):
+        self.starts = _all_line_starts(text)
+
+    @property
+    def lines(self) -> int:
+        return len(self.starts)
+
+    def line_start(self, line: int) -> int:
+        """str index where 0-based `line` starts, or -1 when the text has fewer lines."""
+        return int(self.starts[line]) if 0 <= line < len(self.starts) else -1
+
+    def line_of(self, offset: int) -> int:
+        return int(np.searchsorted(self.starts, offset, side="right")) - 1
+
+    def edit(self, start: int, end: int, new_len: int, new_text: str) -> None:
+        """The text's [start, end) was replaced by `new_len` characters; `new_text` is the whole text after."""
+        starts = self.starts
+        # Whether s starts a line depends on the characters at s - 1 and s: only starts in [start, end] of the
+        # old text can change; those after it move by the length difference.
+        i = int(np.searchsorted(starts, max(start, 1), side="left"))
+        j = int(np.searchsorted(starts, end, side="right"))
+        lo, hi = max(start, 1), start + new_len
+        fresh = [m.end() for m in _NL.finditer(new_text, max(lo - 1, 0), min(hi + 1, len(new_text)))
+                 if lo <= m.end() <= hi]
+        tail = starts[j:]
+        delta = new_len - (end - start)
+        if delta:
+            tail = tail + delta
+        self.starts = np.concatenate((starts[:i], np.asarray(fresh, dtype=np.int64), tail))
+
+
+def _all_line_starts(text: str) -> np.ndarray:
+    """0 and the index after every line break of `text`, as int64 (vectorised: a 10M-line text in ~0.1 s)."""
+    if not text:
+        return np.zeros(1, dtype=np.int64)
+    codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8) if text.isascii() else \
+        np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    lf = codes == 10
+    breaks = lf
+    if "\r" in text:
+        cr = codes == 13
+        lone = cr.copy()
+        lone[:-1] &= ~lf[1:]  # a \r followed by \n ends its line at the \n
+        breaks = lf | lone
+    return np.concatenate((np.zeros(1, dtype=np.int64), np.flatnonzero(breaks).astype(np.int64) + 1))
 
 
 # ------------------------------------------------------------------------------------------------ documents
@@ -213,6 +241,7 @@ class Document:
             self.language = language_for_path(path or uri)
         self.max_parse_bytes = max_parse_bytes
         self._text = text
+        self._lines = LineIndex(text)
         self._parsed: Optional[ParsedDocument] = None
         self.last_edit = time.monotonic()
         self._reparse()
@@ -246,12 +275,13 @@ class Document:
         if rng is None:
             old_len = len(self._text)
             self._text = new_text
+            self._lines = LineIndex(new_text)
             self._reparse()
             self.last_edit = time.monotonic()
             return 0, old_len
         sl, sc, el, ec = rng
-        start = offset_at(self._text, sl, sc, encoding)
-        end = offset_at(self._text, el, ec, encoding)
+        start = offset_at(self._text, sl, sc, encoding, index=self._lines)
+        end = offset_at(self._text, el, ec, encoding, index=self._lines)
         if end < start:
             start, end = end, start
         if self._parsed is not None:
@@ -266,14 +296,15 @@ class Document:
             if self.language is not None and not looks_binary(new_text) and len(self._text) <= self.max_parse_bytes \
                     and not looks_binary(self._text):
                 self._reparse()
+        self._lines.edit(start, end, len(new_text), self._text)
         self.last_edit = time.monotonic()
         return start, end
 
     def offset_at(self, line: int, character: int, encoding: str = "utf-16", *, strict: bool = True) -> int:
-        return offset_at(self._text, line, character, encoding, strict=strict)
+        return offset_at(self._text, line, character, encoding, strict=strict, index=self._lines)
 
     def position_at(self, offset: int, encoding: str = "utf-16") -> tuple[int, int]:
-        return position_at(self._text, offset, encoding)
+        return position_at(self._text, offset, encoding, index=self._lines)
 
     def snapshot(self, offset: int, *, invoked: bool = False, neighbors: Sequence[NeighborDoc] = ()) -> Snapshot:
         tree = None

@@ -48,6 +48,10 @@ ENGINES = ("ort", "remote", "test")
 DEVICES = ("auto", "cpu", "cuda")
 MULTILINE = ("auto", "always", "never")
 
+# Settings that point at code, files or endpoints: never taken from a workspace/configuration answer (see
+# `without_workspace_unsafe`).
+WORKSPACE_UNSAFE = frozenset({"model", "adapter", "remote_endpoint"})
+
 # Settings whose change needs the engine to be loaded again.
 ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "lookup_draft", "adapter", "trained_adapter",
                            "fim_adapter",
@@ -166,8 +170,8 @@ def _int_range(lo: int, hi: int, *, optional: bool = False) -> Callable[[Any], O
 
 def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
     def conv(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-            raise _Bad(f"expected a number between {lo:g} and {hi:g}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi or not math.isfinite(v):
+            raise _Bad(f"expected a number between {lo:g} and {hi:g}")  # (compared first: 10**400 is no float)
         return float(v)
 
     return conv
@@ -271,6 +275,34 @@ def unwrap(raw: Any) -> Any:
     return raw
 
 
+def _shown(value: Any) -> str:
+    """A short, safe rendering of a client's value for a warning (any size, any nesting)."""
+    try:
+        text = repr(value) if not isinstance(value, str) else value
+    except Exception:  # (RecursionError on deeply nested values)
+        text = f"<{type(value).__name__}>"
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def without_workspace_unsafe(raw: Any) -> tuple[Any, list[str]]:
+    """`raw` (a workspace/configuration answer) without the settings that point at code, files or endpoints,
+    and the names dropped. Many clients answer that request from files inside the project (a repository can
+    ship them), so those settings are taken only from initializationOptions and didChangeConfiguration, which
+    our editor clients fill from the user's own configuration (VS Code: restricted in untrusted workspaces)."""
+    raw = unwrap(raw)
+    if not isinstance(raw, Mapping):
+        return raw, []
+    kept, dropped = {}, []
+    for key, value in raw.items():
+        name = _ALIASES.get(_snake(str(key)), _snake(str(key)))
+        if name in WORKSPACE_UNSAFE:
+            if value is not None:
+                dropped.append(str(key))
+        else:
+            kept[key] = value
+    return kept, dropped
+
+
 def parse_settings(raw: Any, base: Settings = Settings()) -> tuple[Settings, list[str]]:
     """`base` updated with the values in `raw`, and a warning for each value that was ignored."""
     warnings: list[str] = []
@@ -291,10 +323,12 @@ def parse_settings(raw: Any, base: Settings = Settings()) -> tuple[Settings, lis
             elif name in _CONVERTERS:
                 changes[name] = _CONVERTERS[name](value)
             else:
-                warnings.append(f"intarsia.{key}: unknown setting (ignored)")
+                warnings.append(f"intarsia.{_shown(key)}: unknown setting (ignored)")
         except _Bad as e:
-            shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
-            warnings.append(f"intarsia.{key} = {shown}: {e}; keeping {getattr(base, name, None)!r}")
+            warnings.append(f"intarsia.{_shown(key)} = {_shown(value)}: {e}; keeping {getattr(base, name, None)!r}")
+        except Exception as e:  # a value no converter foresaw (nesting, sizes): a warning, never a failure
+            warnings.append(f"intarsia.{_shown(key)}: unusable value ({type(e).__name__}); keeping "
+                            f"{getattr(base, name, None)!r}")
     settings = dataclasses.replace(base, **changes)
     if settings.engine == "remote" and not settings.remote_endpoint:
         warnings.append("intarsia.engine is 'remote' but intarsia.remoteEndpoint is not set")
@@ -306,4 +340,4 @@ def parse_settings(raw: Any, base: Settings = Settings()) -> tuple[Settings, lis
     return settings, warnings
 
 
-__all__ = ["Settings", "parse_settings", "unwrap", "ENGINE_FIELDS", "ENGINES", "DEVICES", "MULTILINE"]
+__all__ = ["Settings", "parse_settings", "unwrap", "without_workspace_unsafe", "WORKSPACE_UNSAFE", "ENGINE_FIELDS", "ENGINES", "DEVICES", "MULTILINE"]

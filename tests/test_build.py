@@ -12,8 +12,10 @@ import time
 import pytest
 
 from intarsia.model.build import MANIFEST, BuildOptions, build, find_built, hf_folder_for
+from intarsia.model.cache import sha256_file
 from intarsia.model.errors import CorruptModelError, FimFormatError
 from intarsia.model.registry import resolve_source
+from intarsia.model.trust import CONFIG_FILES
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +55,9 @@ def test_manifest(built, tiny_gguf):
     assert (built.path / "model.onnx").exists() and (built.path / "genai_config.json").exists()
     assert (built.path / "intarsia_lora.json").exists()
     assert m["transcode"]  # per-tensor report
+    # The config files it wrote, by sha256: model.trust refuses the folder once one changes.
+    assert m["files"]["genai_config.json"] == sha256_file(built.path / "genai_config.json")
+    assert set(m["files"]) <= set(CONFIG_FILES)
 
 
 def test_rebuild_only_when_changed(built, tiny_gguf):

@@ -1,7 +1,9 @@
 """The VS Code extension (editors/vscode): it builds with tsc from its lock file, and its settings mirror the
 server's (server/settings.py): every setting the server reads is contributed under the same name, with the
 server's default, choices and bounds, and the section the extension sends (client-only keys stripped by
-out/config.js) parses without a warning.
+out/config.js) parses without a warning. Workspace Trust: the settings that point at code, files or endpoints are
+restricted in untrusted workspaces (package.json and out/config.js's own filter), and the server command is
+machine-scoped.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ PACKAGE = json.loads((EXT / "package.json").read_text())
 PROPS: dict = PACKAGE["contributes"]["configuration"]["properties"]
 # Settings of the extension itself (how to start the server, tracing): never sent to the server.
 CLIENT_ONLY = {"intarsia.server.path", "intarsia.server.args", "intarsia.server.env", "intarsia.trace.server"}
+# Settings that choose code or files to load (model, adapter), where the user's code goes (remote engine, endpoint,
+# model name on a gateway) or how it is laid out in the prompt: never from an untrusted workspace.
+MUST_RESTRICT = {"intarsia.engine", "intarsia.model", "intarsia.adapter", "intarsia.remoteEndpoint",
+                 "intarsia.remoteModel", "intarsia.fimFormat"}
+# Scopes VS Code reads from workspace or folder settings (window is the default when none is given).
+WORKSPACE_SCOPES = {"window", "resource", "language-overridable", "machine-overridable"}
 
 
 def server_keys() -> dict:
@@ -92,9 +100,38 @@ def _defaults_section() -> dict:
     return section
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_extension_builds_and_sends_only_server_settings():
+def test_untrusted_workspaces_get_no_code_file_or_endpoint_settings():
+    caps = PACKAGE.get("capabilities", {})
+    trust = caps.get("untrustedWorkspaces")
+    assert trust and trust["supported"] == "limited" and trust["description"].strip(), trust
+    restricted = set(trust["restrictedConfigurations"])
+    assert restricted >= MUST_RESTRICT, f"not restricted: {sorted(MUST_RESTRICT - restricted)}"
+    assert restricted <= set(PROPS), f"restricted but not contributed: {sorted(restricted - set(PROPS))}"
+    # Any free-form string setting (a path, a URL, a name) is restricted, or not workspace-settable at all.
+    for prop, schema in PROPS.items():
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if "string" in types and "enum" not in schema:
+            assert prop in restricted or schema.get("scope") in ("machine", "application"), prop
+    virtual = caps.get("virtualWorkspaces")
+    assert virtual is not None and virtual["supported"] is False and virtual["description"].strip(), virtual
+
+
+def test_server_command_is_never_taken_from_a_workspace():
+    server = {p: s for p, s in PROPS.items() if p.startswith("intarsia.server.")}
+    assert set(server) == {"intarsia.server.path", "intarsia.server.args", "intarsia.server.env"}
+    for prop, schema in server.items():
+        # "machine": user or remote settings only (the path is one on the machine the server runs on).
+        assert schema.get("scope", "window") == "machine", (prop, schema.get("scope"))
+        assert schema.get("scope", "window") not in WORKSPACE_SCOPES
+    source = (EXT / "src" / "extension.ts").read_text()
+    for key in ("server.path", "server.args", "server.env"):
+        assert f"userValue(config.inspect('{key}'))" in source, key
+    assert "onDidGrantWorkspaceTrust" in source and "untrustedSection(" in source and "isTrusted" in source
+
+
+@pytest.fixture(scope="module")
+def built_extension() -> str:
+    """Node, after `npm ci` and `tsc -p .` in editors/vscode (out/extension.js, out/config.js)."""
     node, npm = node_tools()
     npm_ci(EXT)
     proc = subprocess.run([npm, "exec", "--offline", "--", "tsc", "-p", "."], cwd=EXT, capture_output=True,
@@ -102,6 +139,65 @@ def test_extension_builds_and_sends_only_server_settings():
     assert proc.returncode == 0, f"tsc failed:\n{proc.stdout}\n{proc.stderr}"
     assert (EXT / "out" / "extension.js").is_file()
     assert (EXT / "out" / "config.js").is_file()
+    return node
+
+
+def _run_config_js(node: str, script: str, *args: str) -> dict:
+    proc = subprocess.run([node, "-e", "const c = require('./out/config.js');" + script, *args], cwd=EXT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_untrusted_workspace_values_of_restricted_settings_do_not_reach_the_server(built_extension):
+    # The section as VS Code would merge it if it did not filter: a repository's .vscode/settings.json sets the
+    # model, adapter, endpoint and engine, and the server's own aliases and nesting for the endpoint; the user has
+    # chosen a model; maxTokens from the workspace is harmless and stays.
+    user = {"model": "qwen2.5-coder-1.5b"}
+    workspace = {"model": "/tmp/evil-model", "adapter": "/tmp/evil.onnx_adapter", "engine": "remote",
+                 "remoteEndpoint": "http://evil.example/v1", "remoteModel": "evil", "fimFormat": "evil",
+                 "endpoint": "http://evil.example/alias", "remote_endpoint": "http://evil.example/snake",
+                 "intarsia": {"remoteEndpoint": "http://evil.example/nested"}, "maxTokens": 7}
+    defaults = _defaults_section()
+    section = {**defaults, **user, **workspace}
+    # What inspect(key) reports: a value only where one is set (no default for a key package.json lacks).
+    inspect = {k: {name: level[k] for name, level in (("defaultValue", defaults), ("globalValue", user),
+                                                      ("workspaceValue", workspace)) if k in level}
+               for k in section}
+    script = (
+        "const [section, inspect, pkg] = process.argv.slice(1).map((a) => JSON.parse(a));"
+        "const contributed = c.contributedKeys(pkg);"
+        "const look = (k) => inspect[k] && JSON.parse(JSON.stringify(inspect[k]));"
+        "const trusted = c.serverSection(section);"
+        "const untrusted = c.untrustedSection(trusted, contributed, look);"
+        "process.stdout.write(JSON.stringify({restricted: c.RESTRICTED_KEYS, contributed, trusted, untrusted,"
+        " user: c.userValue({defaultValue: 'intarsia', workspaceValue: '/tmp/evil'}),"
+        " userSet: c.userValue({defaultValue: 'intarsia', globalValue: '~/bin/intarsia', workspaceValue: 'x'}),"
+        " none: c.userValue(undefined) === undefined}));"
+    )
+    got = _run_config_js(built_extension, script, json.dumps(section), json.dumps(inspect), json.dumps(PACKAGE))
+
+    restricted = set(PACKAGE["capabilities"]["untrustedWorkspaces"]["restrictedConfigurations"])
+    assert {f"intarsia.{k}" for k in got["restricted"]} == restricted
+    assert set(got["contributed"]) == {p.removeprefix("intarsia.").split(".")[0] for p in PROPS}
+    # Trusted: the workspace's values go to the server as they are.
+    assert got["trusted"]["remoteEndpoint"] == "http://evil.example/v1"
+    untrusted = got["untrusted"]
+    assert "evil" not in json.dumps(untrusted), untrusted
+    assert not {"endpoint", "remote_endpoint", "intarsia", "server", "trace"} & set(untrusted)
+    assert set(untrusted) == set(server_keys())
+    settings, warnings = parse_settings(untrusted)
+    assert warnings == []
+    assert settings == Settings(model="qwen2.5-coder-1.5b", max_tokens=7)
+    assert (got["user"], got["userSet"], got["none"]) == ("intarsia", "~/bin/intarsia", True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_extension_builds_and_sends_only_server_settings(built_extension):
+    node = built_extension
     assert PACKAGE["main"] == "./out/extension.js"
 
     # out/config.js is what the extension uses to build initializationOptions, didChangeConfiguration and the

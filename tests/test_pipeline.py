@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,9 +108,25 @@ def test_changes_match_a_plain_string_splice(text, edits, encoding):
         expected = expected[:a] + new + expected[b:]
         doc.apply_change((sl, sc, el, ec), new, encoding)
         assert doc.text == expected
+        # The line index kept through edits is the one a fresh scan finds (\r\n pairs made or split by an
+        # edit included).
+        assert doc._lines.starts.tolist() == P.LineIndex(expected).starts.tolist()
     snap = doc.snapshot(0)
     if snap.tree is not None:
         assert snap.tree.root_node.end_byte == len(expected.encode("utf-8", "surrogatepass"))
+
+
+def test_edits_in_a_document_of_ten_million_lines_take_milliseconds():
+    # Positions are converted through the line index: no walk over the lines before the edit.
+    doc = P.Document("file:///w/huge.txt", "x\n" * 10_000_000, 1, "plaintext")
+    t0 = time.perf_counter()
+    for i in range(5):
+        doc.apply_change((5_000_000 + i, 0, 5_000_000 + i, 1), "yy\nz")
+    per_edit = (time.perf_counter() - t0) / 5
+    assert doc.position_at(doc.offset_at(5_000_004, 1)) == (5_000_004, 1)
+    assert doc.text.count("\n") == 10_000_005
+    # The old line walk took ~2 s an edit here; the index takes milliseconds (bound generous for slow CI).
+    assert per_edit < 0.5, per_edit
 
 
 def test_full_change_and_binary_detection():

@@ -144,3 +144,36 @@ def test_stats_chart_with_matplotlib(isolated_cache, tmp_path):
 def test_stats_with_no_log(isolated_cache, capsys):
     assert main(["stats"]) == 0
     assert "no acceptance log" in capsys.readouterr().out
+
+
+def test_an_accept_counts_once_per_shown_suggestion(tmp_path):
+    tr, path = _tracker(tmp_path)
+    tr.shown("s1", uri="u", path="a.py", offset=0, text="abcdef", language="python", scope="line",
+             source="model", latency_ms=1)
+    assert tr.accepted("s1", 2) is not None  # a partial accept, then more of it, then all of it
+    assert tr.accepted("s1", 2) is None
+    assert tr.accepted("s1", 4) is not None
+    assert tr.accepted("s1") is not None
+    for _ in range(3):
+        assert tr.accepted("s1") is None  # the same accept replayed
+    assert tr.counts["accepted"] == 1 and tr.counts["partial"] == 2
+    assert [e["event"] for e in _events(path)] == ["shown", "partial", "partial", "accepted"]
+
+
+def test_the_log_is_readable_by_its_owner_only(tmp_path, isolated_cache):
+    import os
+    import stat
+
+    path = workspace_log_path(str(tmp_path / "ws"))
+    path.parent.mkdir(parents=True)
+    os.chmod(path.parent, 0o755)
+    path.write_text("")
+    os.chmod(path, 0o644)  # left wide open by an older version
+    log = AcceptanceLog(str(tmp_path / "ws"))
+    log.write("shown", id="x", chars=3)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((path.parent / "workspace.json").stat().st_mode) == 0o600
+    fresh = workspace_log_path(str(tmp_path / "other"))
+    AcceptanceLog(str(tmp_path / "other")).write("shown", id="y", chars=1)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600 and stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700

@@ -4,10 +4,12 @@
 is walked honouring its .gitignore), keeps the ones in a language with a grammar, and skips, with a reason for
 each: vendored folders, lock/data/binary files, generated files (a "generated"/"do not edit" header, protobuf
 output), minified files, oversized files, files that are not UTF-8 text, exact duplicates and near duplicates
-(MinHash over token shingles), and credential files (.env, keys, certificates). Every kept file is scanned with
-detect-secrets; a flagged line has its string literals and the flagged value replaced by a mask, and the line
-is scanned again; a file whose secret cannot be masked (a private key block, say) is dropped whole. The
-repository is only read, never written.
+(MinHash over token shingles), credential files (.env, keys, certificates) and symlinks (never followed: one
+pointing outside the repository would put a file such as ~/.ssh/id_rsa into training data). Every kept file is
+scanned with detect-secrets; a flagged line has its string literals and the flagged value replaced by a mask, and
+the line is scanned again; a file whose secret cannot be masked (a private key block, say) is dropped whole. The
+repository is only read, never written, and git runs only through `server.git`, which keeps the repository's
+configuration from running any program (fsmonitor, hooks, filters, gpg, textconv).
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import hashlib
 import logging
 import os
 import re
-import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from intarsia.grammars.registry import language_for_path
 from intarsia.model.errors import IntarsiaError
+
+if TYPE_CHECKING:
+    from intarsia.server.context import Confinement
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +155,19 @@ def _similar(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 
 def _is_git(root: Path) -> bool:
-    try:
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"], capture_output=True,
-                              timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    from intarsia.server.git import run_git
+
+    got = run_git(root, "rev-parse", "--is-inside-work-tree")
+    return got is not None and got.ok and got.stdout.strip() == b"true"
+
+
+def _link_reason(confine: "Confinement", rel: str) -> Optional[str]:
+    """Why a path is not read because of a symlink: itself a link, or under a folder that resolves outside."""
+    if os.path.islink(os.path.join(confine.root, rel.rstrip("/"))):
+        return "symlink: not followed" if confine.inside(rel) else "symlink: points outside the repository"
+    if not confine.inside(rel):
+        return "symlink: under a folder that points outside the repository"
+    return None
 
 
 def _skip_reason(rel: str) -> Optional[str]:
@@ -179,7 +191,7 @@ def _skip_reason(rel: str) -> Optional[str]:
 def crawl(root: Path | str, *, max_file_bytes: int = MAX_FILE_BYTES, languages: Optional[set[str]] = None,
           near_duplicate: float = 0.85, progress: bool = False) -> CrawlResult:
     """See the module docstring. Raises CrawlError for an unreadable repository or one with nothing to train on."""
-    from intarsia.server.context import list_files
+    from intarsia.server.context import Confinement, list_files
 
     root = Path(root).expanduser()
     if not root.exists():
@@ -190,6 +202,7 @@ def crawl(root: Path | str, *, max_file_bytes: int = MAX_FILE_BYTES, languages: 
         raise CrawlError(f"repository {root} cannot be read (permission denied)")
     root = root.resolve()
     rels = sorted(list_files(root, max_files=200_000, filtered=False))  # the same order with or without git
+    confine = Confinement(root)
     result = CrawlResult(root, [])
     seen_exact: dict[str, str] = {}
     sigs: list[tuple[str, tuple[int, ...]]] = []
@@ -200,7 +213,7 @@ def crawl(root: Path | str, *, max_file_bytes: int = MAX_FILE_BYTES, languages: 
 
         rows = tqdm(rels, desc="crawl", unit="file", leave=False)
     for rel in rows:
-        reason = _skip_reason(rel)
+        reason = _link_reason(confine, rel) or _skip_reason(rel)
         if reason:
             result.skipped.append((rel, reason))
             continue
@@ -210,7 +223,7 @@ def crawl(root: Path | str, *, max_file_bytes: int = MAX_FILE_BYTES, languages: 
             continue
         path = root / rel
         try:
-            if path.is_symlink() or not path.is_file():
+            if not path.is_file():
                 result.skipped.append((rel, "not a regular file"))
                 continue
             size = path.stat().st_size
@@ -275,16 +288,15 @@ def crawl(root: Path | str, *, max_file_bytes: int = MAX_FILE_BYTES, languages: 
 
 def recent_files(root: Path, commits: int) -> list[str]:
     """Files changed by the newest `commits` commits (for a held-out split by recency); [] outside git."""
+    from intarsia.server.git import run_git
+
     if commits <= 0 or not _is_git(root):
         return []
-    try:
-        proc = subprocess.run(["git", "-C", str(root), "log", f"-n{commits}", "--name-only", "--format="],
-                              capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
+    # run_git adds --no-textconv --no-ext-diff --no-show-signature and turns gpg.program off.
+    got = run_git(root, "log", f"-n{commits}", "--name-only", "--format=", "-z", timeout=60)
+    if got is None or not got.ok:
         return []
-    if proc.returncode != 0:
-        return []
-    return list(dict.fromkeys(p for p in proc.stdout.decode("utf-8", "replace").split("\n") if p.strip()))
+    return list(dict.fromkeys(p.strip("\n") for p in got.lines("\0") if p.strip("\n")))
 
 
 __all__ = ["CrawlError", "CrawlResult", "SourceFile", "crawl", "mask_secrets", "recent_files"]

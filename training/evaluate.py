@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import tree_sitter
 
 from intarsia.grammars.registry import get_language
+from intarsia.model.trust import check_hf_folder, check_peft_folder
 
 from .crawl import SourceFile
 from .examples import _Doc
@@ -169,13 +170,16 @@ def adapter_perplexity(hf_dir: Path, adapter_dir: Optional[Path], examples, *, d
 
     from .trainer import perplexity
 
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).to(device)
+    check_hf_folder(hf_dir)  # no auto_map code, no pickle-only weights (model.trust)
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, trust_remote_code=False,
+                                                 use_safetensors=True).to(device)
     out = {}
     if baseline:
         out["base"] = perplexity(model, examples, device=device, limit=limit)
     if adapter_dir is not None:
         from peft import PeftModel
 
+        check_peft_folder(adapter_dir)
         model = PeftModel.from_pretrained(model, str(adapter_dir)).to(device)
         out["adapted"] = perplexity(model, examples, device=device, limit=limit)
     del model

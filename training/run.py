@@ -228,7 +228,7 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
     build_opts = BuildOptions(provider="cuda" if device == "cuda" else "cpu")
     built = build(src, build_opts, progress=options.progress, fim_adapter=False)
     fmt = check_fim(built.path, built.manifest.get("fim_format"), src.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False)
     _say(f"crawling {repo} …")
     data = prepare(repo, options, fmt=fmt, tokenizer=tokenizer)
     root = data.crawl.root

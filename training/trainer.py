@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 
 from intarsia.model.errors import IntarsiaError
 from intarsia.model.lora import LORA_TARGETS
+from intarsia.model.trust import check_hf_folder, check_peft_folder
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,9 @@ def train_lora(
     accum = seq_per_step // world
 
     torch.manual_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    check_hf_folder(hf_dir)  # no auto_map code, no pickle-only weights (model.trust)
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, trust_remote_code=False,
+                                                 use_safetensors=True)
     model.config.use_cache = False
     gc = config.gradient_checkpointing if config.gradient_checkpointing is not None else cuda
     if gc:
@@ -242,9 +245,10 @@ def train_lora(
             from safetensors.torch import load_file
 
             set_peft_model_state_dict(model, load_file(str(ck / "adapter.safetensors")))
-            optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=False))
-            scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
-            torch.set_rng_state(torch.load(ck / "rng.pt", weights_only=False))
+            # weights_only: tensors and plain containers, never an arbitrary pickle (a run folder is data too).
+            optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
+            scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=True))
+            torch.set_rng_state(torch.load(ck / "rng.pt", weights_only=True))
             step, tokens_done, losses = state["step"], state["tokens"], state["losses"]
             resumed = step
             log.info("resuming from %s (step %d of %d)", ck, step, total_steps)
@@ -331,7 +335,9 @@ def train_lora(
 
 
 def check_init_adapter(folder: Path, config: TrainConfig) -> None:
-    """Raise TrainError unless the peft adapter in `folder` has `config`'s rank, alpha and target modules."""
+    """Raise TrainError unless the peft adapter in `folder` has `config`'s rank, alpha and target modules (and
+    UntrustedModelError when its weights are only a pickle)."""
+    check_peft_folder(folder)
     try:
         cfg = json.loads((Path(folder) / "adapter_config.json").read_text())
     except (OSError, ValueError) as e:

@@ -54,6 +54,30 @@ eq('settings go to init_options and the configuration section',
   intarsia._lsp_config(vim.tbl_extend('force', cfg, { settings = { maxTokens = 5 } })).init_options,
   { intarsia = { maxTokens = 5 } })
 
+-- the server's settings come from setup() only: whatever else was merged into the client's config (a project's
+-- settings file imported by another plugin, here remoteEndpoint and model) is replaced before initialize, and the
+-- workspace/configuration answer is setup()'s section
+local own = vim.tbl_extend('force', cfg, { settings = { maxTokens = 5, test = { table = {} } } })
+local lc = intarsia._lsp_config(own)
+local merged = { settings = { intarsia = { maxTokens = 5, remoteEndpoint = 'http://attacker.example', model = '/x' },
+  other = { a = 1 } } }
+local client_settings = merged.settings -- what Neovim keeps as client.settings
+local params = { initializationOptions = { intarsia = { remoteEndpoint = 'http://attacker.example' } } }
+lc.before_init(params, merged)
+eq('initialize carries the setup() settings only', params.initializationOptions,
+  { intarsia = { maxTokens = 5, test = { table = vim.empty_dict() } } })
+eq('client.settings (sent after initialize) holds the setup() settings only', client_settings,
+  { intarsia = { maxTokens = 5, test = { table = vim.empty_dict() } } })
+local answer = lc.handlers['workspace/configuration'](nil, {
+  items = { { section = 'intarsia' }, { section = 'other' }, {} },
+}, { client_id = 1 })
+eq('workspace/configuration answers the setup() section', answer[1], { maxTokens = 5, test = { table = vim.empty_dict() } })
+eq('and nothing for other sections', answer[2], vim.NIL)
+eq('the whole settings for an item without a section', answer[3].intarsia.maxTokens, 5)
+own.settings = { maxTokens = 9 } -- update_settings() replaces config.settings
+eq('later answers follow update_settings()', lc.handlers['workspace/configuration'](nil, {
+  items = { { section = 'intarsia' } } })[1], { maxTokens = 9 })
+
 -- partial accepts of the native path: the item starts where it was shown, before what was typed since
 -- (Insert mode puts the cursor after the last character; in this script's normal mode, 'virtualedit' does.)
 vim.o.virtualedit = 'onemore'

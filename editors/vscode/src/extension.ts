@@ -8,6 +8,10 @@
 // - Settings: the "intarsia" section (same names as the server's settings) goes to the server in
 //   initializationOptions, on every change in workspace/didChangeConfiguration, and as the answer to the
 //   server's workspace/configuration request; `intarsia.server.*` (how to start it) restarts the server.
+// - Workspace Trust: in Restricted Mode the settings that point at code, files or endpoints (config.ts's
+//   RESTRICTED_KEYS) and keys package.json does not contribute are sent with the user's values only; the
+//   machine-scoped `intarsia.server.*` are always read from user (or remote) settings. Granting trust sends the
+//   workspace's settings.
 
 import * as vscode from 'vscode';
 import {
@@ -19,20 +23,38 @@ import {
   State,
 } from 'vscode-languageclient/node';
 
-import { needsRestart, serverLaunch, serverSection } from './config';
+import {
+  contributedKeys,
+  needsRestart,
+  serverLaunch,
+  serverSection,
+  untrustedSection,
+  userValue,
+} from './config';
 
 const SECTION = 'intarsia';
 
 let client: LanguageClient | undefined;
 let output: vscode.LogOutputChannel;
 let statusItem: vscode.StatusBarItem;
+/** The settings package.json contributes (first names after "intarsia."). */
+let contributed: string[] = [];
 
 function currentServerSettings(): { [key: string]: unknown } {
-  return serverSection(vscode.workspace.getConfiguration(SECTION));
+  const config = vscode.workspace.getConfiguration(SECTION);
+  const section = serverSection(config);
+  return vscode.workspace.isTrusted ? section : untrustedSection(section, contributed, (key) => config.inspect(key));
 }
 
 function createClient(): LanguageClient {
-  const { launch, problems } = serverLaunch(vscode.workspace.getConfiguration(SECTION).get('server'));
+  // Machine-scoped: VS Code never takes them from workspace settings, and neither does this.
+  const config = vscode.workspace.getConfiguration(SECTION);
+  const server = {
+    path: userValue(config.inspect('server.path')),
+    args: userValue(config.inspect('server.args')),
+    env: userValue(config.inspect('server.env')),
+  };
+  const { launch, problems } = serverLaunch(server);
   for (const p of problems) {
     output.warn(p);
   }
@@ -49,14 +71,14 @@ function createClient(): LanguageClient {
     initializationOptions: () => ({ [SECTION]: currentServerSettings() }),
     middleware: {
       workspace: {
-        // The server pulls the "intarsia" section after initialize: answer without the client-only keys.
+        // The server pulls the "intarsia" section after initialize: answer what the notifications send.
         configuration: async (params, token, next) => {
           const result = await next(params, token);
           if (!Array.isArray(result)) {
             return result;
           }
           return result.map((value, i) =>
-            params.items[i] && params.items[i].section === SECTION ? serverSection(value) : value
+            params.items[i] && params.items[i].section === SECTION ? currentServerSettings() : value
           );
         },
       },
@@ -187,6 +209,10 @@ async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promi
     await startClient();
     return;
   }
+  await sendSettings();
+}
+
+async function sendSettings(): Promise<void> {
   if (client !== undefined && client.isRunning()) {
     await client.sendNotification(DidChangeConfigurationNotification.type, {
       settings: { [SECTION]: currentServerSettings() },
@@ -196,6 +222,10 @@ async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promi
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   output = vscode.window.createOutputChannel('Intarsia', { log: true });
+  contributed = contributedKeys(context.extension.packageJSON);
+  if (!vscode.workspace.isTrusted) {
+    output.info('Restricted Mode: workspace settings that choose the engine, model, adapter or endpoint are ignored');
+  }
   statusItem = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   statusItem.command = 'intarsia.showStatus';
   context.subscriptions.push(
@@ -210,6 +240,10 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     }),
     vscode.workspace.onDidChangeConfiguration((e) => {
       onConfigurationChanged(e).catch((err) => output.error(`settings change: ${String(err)}`));
+    }),
+    vscode.workspace.onDidGrantWorkspaceTrust(() => {
+      output.info('the workspace is trusted now: sending its settings');
+      sendSettings().catch((err) => output.error(`settings after trust: ${String(err)}`));
     }),
     { dispose: () => void stopClient() }
   );

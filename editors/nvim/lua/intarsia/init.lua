@@ -5,7 +5,10 @@
 -- Ghost text comes from Neovim's own vim.lsp.inline_completion where it exists (0.12+), otherwise from
 -- lua/intarsia/ghost.lua (extmarks). Settings are the server's (the "intarsia" section: engine, model,
 -- maxTokens, test = { table = ... }, ...), sent as initializationOptions, as the answer to the server's
--- workspace/configuration request and, after update_settings(), in workspace/didChangeConfiguration.
+-- workspace/configuration request and, after update_settings(), in workspace/didChangeConfiguration. They come
+-- from setup() and update_settings() only: nothing is read from the project's files, and settings merged into
+-- the client's config from elsewhere (vim.lsp.config('*'), lsp/intarsia.lua, plugins that import a project's
+-- settings files) are replaced before the server sees them.
 
 local api = vim.api
 local ghost = require('intarsia.ghost')
@@ -96,6 +99,40 @@ function M.client(bufnr)
   return vim.lsp.get_clients({ bufnr = bufnr, name = M.config.name })[1]
 end
 
+--- Answer to the server's workspace/configuration request: the "intarsia" section from `cfg` (setup() and
+--- update_settings()), never the client's merged settings.
+local function configuration_handler(cfg)
+  return function(_, params)
+    local section = server_settings(cfg.settings)
+    local out = {}
+    for i, item in ipairs(type(params) == 'table' and params.items or {}) do
+      if item.section == 'intarsia' then
+        out[i] = section
+      elseif item.section == nil or item.section == '' then
+        out[i] = { intarsia = section }
+      else
+        out[i] = vim.NIL
+      end
+    end
+    return out
+  end
+end
+
+--- before_init: the initialize request and the settings Neovim sends right after it
+--- (workspace/didChangeConfiguration with client.settings, which is `config.settings`) hold `cfg`'s only.
+local function pin_settings(cfg)
+  return function(params, config)
+    local section = server_settings(cfg.settings)
+    params.initializationOptions = { intarsia = section }
+    if type(config.settings) == 'table' then
+      for k in pairs(config.settings) do
+        config.settings[k] = nil
+      end
+      config.settings.intarsia = section
+    end
+  end
+end
+
 local function lsp_config(cfg)
   local section = server_settings(cfg.settings)
   local cmd = vim.deepcopy(cfg.cmd)
@@ -112,6 +149,8 @@ local function lsp_config(cfg)
     end,
     init_options = { intarsia = section },
     settings = { intarsia = section },
+    before_init = pin_settings(cfg),
+    handlers = { ['workspace/configuration'] = configuration_handler(cfg) },
   }
 end
 
