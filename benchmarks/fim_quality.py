@@ -213,15 +213,18 @@ def postprocess_rows(rows: list[dict], problems: list[dict]) -> None:
     """Add the grammar post-processed completion (what the server would show) to each row."""
     from intarsia.grammars.postprocess import postprocess
     from intarsia.grammars.registry import get_language
-    from intarsia.grammars.scope import completion_scope
+    from intarsia.grammars.context import cursor_context
+    from intarsia.grammars.scope import scope_for_context
 
     lang = get_language("python")
     by_id = {p["task_id"]: p for p in problems}
     for r in rows:
         prob = by_id[r["task_id"]]
         doc, off = prob["prompt"] + prob["suffix"], len(prob["prompt"])
-        scope = completion_scope(doc, off, lang, invoked=True).scope
-        res = postprocess(doc, off, r["raw"], language=lang, scope=scope, truncated=r.get("finish", "stop" if r["stopped"] else "length") == "length")
+        ctx = cursor_context(doc, off, lang)  # the scope's view of the cursor, handed to post-processing
+        scope = scope_for_context(ctx, invoked=True).scope
+        truncated = r.get("finish", "stop" if r["stopped"] else "length") == "length"
+        res = postprocess(doc, off, r["raw"], language=lang, scope=scope, truncated=truncated, context=ctx)
         r["post"] = res.text
         r["post_scope"] = scope.name
 

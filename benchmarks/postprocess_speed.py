@@ -3,7 +3,8 @@
 The document is a real standard-library module (`subprocess.py`, cut at a top-level boundary near
 2,000 lines). For each sampled cursor position a few of the file's own lines are removed (the gap the
 model must fill), the open document is updated with `ParsedDocument.apply_edit` (tree edit + reparse),
-and `completion_scope` + `postprocess` run on it with a realistic raw completion: the removed lines
+and the scope + `postprocess` run on it (one `cursor_context` shared by both, as the server does) with a
+realistic raw completion: the removed lines
 followed by typical junk (the next line repeated, top-level code, a line cut off mid-expression by the
 token limit - passed as `truncated=True` - or nothing). Then the lines are put back (another incremental edit).
 
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from intarsia.grammars import ParsedDocument, completion_scope, get_language, postprocess
+from intarsia.grammars import ParsedDocument, cursor_context, get_language, postprocess, scope_for_context
 
 TARGET_LINES = 2000
 
@@ -128,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             completion = middle
         text = doc.text
         t0 = time.perf_counter()
-        decision = completion_scope(text, start, py, tree=doc, invoked=True)
+        ctx = cursor_context(text, start, py, doc)
+        decision = scope_for_context(ctx, invoked=True)
         t1 = time.perf_counter()
-        result = postprocess(text, start, completion, language=py, scope=decision.scope, tree=doc,
+        result = postprocess(text, start, completion, language=py, scope=decision.scope, context=ctx,
                              truncated=kind == "cut-mid-expression")
         t2 = time.perf_counter()
         scope_ms.append((t1 - t0) * 1e3)

@@ -74,8 +74,10 @@ def main() -> int:
     from intarsia.model.fim import QWEN25_CODER
     from intarsia.model.ort_engine import OrtEngine
     from intarsia.model.registry import resolve_source
-    from intarsia.server.context import ContextProvider, RepoIndex, list_files
-    from intarsia.server.pipeline import PipelineOptions, Snapshot, run_completion
+    from intarsia.server.core.context import ContextProvider, RepoIndex
+    from intarsia.server.core.files import list_files
+    from intarsia.server.core.completion import PipelineOptions, run_completion
+    from intarsia.server.core.documents import Snapshot
 
     if args.repo is None:
         import peft

@@ -215,6 +215,7 @@ def train(args) -> int:
 
     from intarsia.model.build import BuildOptions, build, check_fim
     from intarsia.model.shipped import adapter_dir_for, write_manifest
+    from intarsia.server.core.prompt import PromptBudget
     from intarsia.training.examples import RenderOptions
     from intarsia.training.run import TrainOptions, prepare, resolve_base
     from intarsia.training.trainer import TrainConfig, resolve_device, train_lora
@@ -234,16 +235,17 @@ def train(args) -> int:
     config = TrainConfig(rank=args.rank, alpha=2 * args.rank, dropout=0.05, learning_rate=args.lr,
                          max_steps=args.max_steps, batch_tokens=args.batch_tokens,
                          context_length=args.context_length, warmup_ratio=0.05, seed=args.seed)
+    # The shipped adapter's recorded budget (its manifest's command): short prompts, many examples per CPU hour.
+    budget = PromptBudget(prompt=args.prompt_tokens, context=args.context_tokens, suffix=args.suffix_tokens)
     opts = TrainOptions(base=args.model, device=device, held_out=0.0, seed=args.seed,
                         examples_per_lines=args.per_lines, max_examples=args.max_examples,
                         kind_weights=FIM_KIND_WEIGHTS, docstring_share=args.docstring_share,
                         eof_share=args.eof_share,
                         use_acceptance_log=False,
-                        render=RenderOptions(prompt_tokens=args.prompt_tokens, context_tokens=args.context_tokens,
-                                             suffix_tokens=args.suffix_tokens, repo_name="cpython",
-                                             bare_share=args.bare_share, path_only_share=args.path_share),
+                        render=RenderOptions(budget=budget, repo_name="cpython", bare_share=args.bare_share,
+                                             path_only_share=args.path_share),
                         config=config)
-    data = prepare(corpus_dir / "src", opts, fmt=fmt, tokenizer=tokenizer)
+    data = prepare(corpus_dir / "src", opts, fmt=fmt, tokenizer=tokenizer, budget=budget)
     summary = data.summary()
     print(f"{len(data.tokenized)} examples, {summary['tokens']} tokens; kinds {summary['examples_by_kind']}",
           file=sys.stderr)

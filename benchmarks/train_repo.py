@@ -39,8 +39,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--context-length", type=int, default=768)
-    ap.add_argument("--prompt-tokens", type=int, default=768)
-    ap.add_argument("--context-tokens", type=int, default=256)
+    ap.add_argument("--prompt-tokens", type=int, default=None,
+                    help="study another prompt budget (default: the server's on the training device)")
+    ap.add_argument("--context-tokens", type=int, default=None, help="study another repository context budget")
     ap.add_argument("--max-examples", type=int, default=1500)
     ap.add_argument("--eval-next-line", type=int, default=40)
     ap.add_argument("--eval-fim", type=int, default=20)
@@ -50,6 +51,9 @@ def main() -> int:
                     help="train from the plain model, not from the model's shipped FIM adapter")
     args = ap.parse_args()
 
+    from dataclasses import replace
+
+    from intarsia.server.core.prompt import PromptBudget
     from intarsia.training.examples import RenderOptions
     from intarsia.training.run import TrainOptions, train_repository
     from intarsia.training.trainer import TrainConfig
@@ -65,11 +69,16 @@ def main() -> int:
     else:
         repo = args.repo
     lines = sum(p.read_text(errors="replace").count("\n") for p in Path(repo).rglob("*.py"))
+    budget = None
+    if args.prompt_tokens is not None or args.context_tokens is not None:
+        served = PromptBudget.served("cuda" if args.device == "cuda" else "cpu")
+        budget = replace(served, prompt=args.prompt_tokens or served.prompt,
+                         context=served.context if args.context_tokens is None else args.context_tokens)
     opts = TrainOptions(
         base=args.base, device=args.device, held_out=args.held_out, seed=args.seed, max_examples=args.max_examples,
         eval_next_line=args.eval_next_line, eval_fim=args.eval_fim, promote=False, use_acceptance_log=False,
         from_fim_adapter=not args.from_base,
-        render=RenderOptions(prompt_tokens=args.prompt_tokens, context_tokens=args.context_tokens),
+        render=RenderOptions(budget=budget),
         config=TrainConfig(rank=args.rank, alpha=2 * args.rank, learning_rate=args.lr, max_steps=args.max_steps,
                            epochs=args.epochs, batch_tokens=args.batch_tokens, context_length=args.context_length,
                            seed=args.seed))

@@ -1,7 +1,12 @@
 """What the document says about the cursor: line, tree, window, enclosing definitions, indentation.
 
-`CursorContext` is computed once per (document, cursor) and shared by `completion_scope`,
-`postprocess` and `choose`. It is internal: its fields may change.
+`cursor_context` builds a `CursorContext` once per (document, cursor); the caller hands the same object to
+`scope.scope_for_context` and, after generation, to `postprocess(..., context=ctx)` / `choose(...,
+context=ctx)`, so the tree analysis and the lexing around the cursor are done once per request. It is passed
+explicitly rather than remembered here: a per-thread "last context" made the saving depend on every caller
+passing the very same str object on the same thread, and any call in between (another document, another
+cursor) silently made the next one pay again. Its fields are internal and may change; callers only pass it
+on. (The per-thread *parser* cache below stays: tree-sitter parsers are not thread-safe.)
 
 The validity *window* (Python): a standalone parse of the whole document after every candidate edit
 costs as much as a full parse inside large blocks (tree-sitter-python's incremental reparse often
@@ -75,16 +80,10 @@ class Window:
     head: str = ""  # header line(s) of a large compound statement standing in for it before `start`
 
 
-def context_for(text: str, offset: int, language: Optional[Language], tree: TreeLike = None) -> "CursorContext":
-    """A `CursorContext`, reusing the one last built on this thread for the very same inputs (the
-    server asks for the scope, then post-processes at the same cursor)."""
-    last = getattr(_local, "last_context", None)
-    if last is not None and last.text is text and last.offset == offset and last.language is language \
-            and last.tree_source is tree:
-        return last
-    ctx = CursorContext(text, offset, language, tree)
-    _local.last_context = ctx
-    return ctx
+def cursor_context(text: str, offset: int, language: Optional[Language], tree: TreeLike = None) -> "CursorContext":
+    """What the document says about the cursor at `offset` (a str index in `text`). `tree`: the document's
+    tree (a `tree_sitter.Tree` for exactly `text`, or a `ParsedDocument`); without it `text` is parsed."""
+    return CursorContext(text, offset, language, tree)
 
 
 class CursorContext:
@@ -116,7 +115,6 @@ class CursorContext:
         self._indent_unit: Optional[str] = None
 
         # Tree.
-        self.tree_source = tree
         self.parser: Optional[tree_sitter.Parser] = None
         self.tree: Optional[tree_sitter.Tree] = None
         self.doc: Optional[ParsedDocument] = None

@@ -86,6 +86,18 @@ def leading_ws(line: str) -> str:
     return line[: len(line) - len(line.lstrip(_WS))]
 
 
+def first_logical(lines, at_line_start: bool) -> Optional[LineInfo]:
+    """The first logical line of a scanned completion, when the completion starts one: it is inserted at a
+    line start (`at_line_start`) and its first line with content starts a logical line."""
+    if not at_line_start:
+        return None
+    k_content = next((k for k, info in enumerate(lines) if not info.blank), None)
+    for k, info in enumerate(lines):
+        if info.logical_start:
+            return info if k == k_content else None
+    return None
+
+
 class Lexer:
     """Lexer for one `Syntax`; instances are cached per syntax and are stateless (thread-safe)."""
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .context import CursorContext, TreeLike, context_for
+from .context import CursorContext, TreeLike, cursor_context
 from .lexer import indent_width, leading_ws
 from .registry import Language
 
@@ -54,12 +54,15 @@ def completion_scope(
     tree: TreeLike = None,
     invoked: bool = False,
 ) -> ScopeDecision:
-    """Decide the completion scope at `offset` (a str index) in `text`."""
-    ctx = context_for(text, offset, language, tree)
+    """Decide the completion scope at `offset` (a str index) in `text`. A caller that post-processes at
+    the same cursor afterwards builds the context itself (`cursor_context`) and uses `scope_for_context`,
+    to hand the same context to `postprocess`."""
+    ctx = cursor_context(text, offset, language, tree)
     return scope_for_context(ctx, invoked=invoked)
 
 
 def scope_for_context(ctx: CursorContext, *, invoked: bool = False) -> ScopeDecision:
+    """`completion_scope` for a context built by `cursor_context`."""
     if ctx.in_comment:
         return ScopeDecision(Scope.LINE, "inside a comment: finish the comment line", MAX_TOKENS_COMMENT,
                              stop=("\n",), max_lines=1)

@@ -31,10 +31,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from . import shipped
 from .cache import atomic_dir, clean_stale_parts, models_dir, sha256_file, write_json_atomic
+from .convert import check_gguf_header, gguf_to_hf
 from .errors import BuildError, FimFormatError, ModelNotFoundError
+from .fetch import fetch
 from .fim import FimFormat, detect_format, get_format
+from .lookup import add_draft_logits
+from .lora import add_lora_inputs
 from .registry import ModelSource, resolve_source
+from .transcode import fp16_report, fp16_scheme, transcode, verify
 from .trust import MANIFEST, check_hf_folder, check_onnx_folder, config_digests
 
 log = logging.getLogger(__name__)
@@ -185,8 +191,6 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, provider: str, extr
 
 def hf_folder_for(source: ModelSource, gguf: Path, *, progress: bool = True, check: bool = True) -> Path:
     """The fp32 Hugging Face folder of a GGUF source, cached beside its built models."""
-    from .convert import gguf_to_hf
-
     hf_dir = models_dir() / source.cache_name / "hf"
     marker = hf_dir / "intarsia_source.json"
     want = {"gguf_sha256": sha256_file(gguf) if source.kind == "gguf" else source.spec.gguf_sha256}
@@ -203,8 +207,6 @@ def hf_folder_for(source: ModelSource, gguf: Path, *, progress: bool = True, che
 
 def resolve_gguf(source: ModelSource, *, progress: bool = True) -> Optional[Path]:
     if source.kind == "registry":
-        from .fetch import fetch
-
         return fetch(source.spec, progress=progress)
     if source.kind == "gguf":
         return source.path
@@ -233,16 +235,14 @@ def with_fim_adapter(source: ModelSource, built: BuiltModel) -> BuiltModel:
     graph (once; kept in `<built>/adapters/`). Unchanged when the source ships none or the graph has no LoRA
     inputs. A damaged adapter file raises ShippedAdapterError (a clear message; the plain model is still there:
     turn the adapter off)."""
-    from .shipped import onnx_adapter_path, shipped_for
-
-    adapter = shipped_for(source)
+    adapter = shipped.shipped_for(source)  # (looked up at call time: tests ship a tiny adapter)
     if adapter is None:
         return built
     if not built.manifest.get("lora_inputs"):
         log.warning("%s has no LoRA inputs: the shipped adapter %s cannot be applied (rebuild with --force)",
                     built.path, adapter.name)
         return built
-    return BuiltModel(built.path, built.manifest, onnx_adapter_path(adapter, built.path))
+    return BuiltModel(built.path, built.manifest, shipped.onnx_adapter_path(adapter, built.path))
 
 
 def _for_source(source: ModelSource, options: BuildOptions) -> BuildOptions:
@@ -270,8 +270,6 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
 
     gguf = resolve_gguf(source, progress=progress)
     if gguf is not None:
-        from .convert import check_gguf_header
-
         check_gguf_header(gguf, deep=False)
     identity = _source_identity(source, gguf)
     vers = versions()
@@ -284,8 +282,6 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
 
     t0 = time.perf_counter()
     if gguf is not None:
-        from .convert import check_gguf_header
-
         check_gguf_header(gguf)
     hf_dir = hf_folder_for(source, gguf, progress=progress, check=False) if gguf is not None else source.path
     fmt_name = fim_format or (source.spec.fim_format if source.spec else None)
@@ -298,8 +294,6 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
         if options.precision == "exact" and options.provider == "cuda":
             scheme, transcode_json = _exact_fp16(hf_dir, gguf, tmp)
         elif options.precision == "exact":
-            from .transcode import transcode
-
             fp32_dir = out.parent / f".{out.name}.fp32.part"
             shutil.rmtree(fp32_dir, ignore_errors=True)
             try:
@@ -318,13 +312,9 @@ def _build(source: ModelSource, options: BuildOptions, *, force: bool, progress:
         # CPU builds only: the CUDA path (CUDA graphs, IO binding) has not been measured with it yet.
         logits_rows: Optional[int] = 1
         if options.provider == "cpu":
-            from .lookup import add_draft_logits
-
             logits_rows = add_draft_logits(tmp / "model.onnx")
         lora_info = None
         if options.lora_inputs:
-            from .lora import add_lora_inputs
-
             lora_info = add_lora_inputs(tmp)
         manifest = {
             "name": source.name,
@@ -359,8 +349,6 @@ def _exact_fp16(hf_dir: Path, gguf: Path, out: Path) -> tuple[dict, dict]:
     from `gguf` (fp32, exact), so every weight is gguf's dequantization rounded once to fp16, and nothing else.
     `transcode.verify` checks that tensor by tensor (a weight off by one fp16 step fails the build); returns
     (scheme per tensor class, the manifest's report)."""
-    from .transcode import fp16_report, fp16_scheme, verify
-
     run_builder(hf_dir, out, "fp16", "cuda", dict(BUILDER_EXTRA))
     checks = verify(out, gguf)
     bad = [c for c in checks if not c.exact]
@@ -380,8 +368,6 @@ def _with_draft_logits(model_dir: Path, manifest: dict) -> dict:
     file is rewritten atomically, the weights are not touched); returns the updated manifest."""
     if "logits_rows" in manifest or manifest.get("execution_provider", "cpu") != "cpu":
         return manifest
-    from .lookup import add_draft_logits
-
     try:
         rows = add_draft_logits(model_dir / "model.onnx")
     except (BuildError, OSError) as e:

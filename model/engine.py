@@ -4,6 +4,12 @@ Every engine (ONNX Runtime, transformers, remote) implements `Engine.generate`, 
 `GenerationRequest`, an optional cancel event that is checked before every new token, and an optional
 callback that receives text as it becomes final (streaming). Stop strings are applied by `StopMatcher`,
 shared by all engines so they cut at the same place.
+
+`Engine` declares everything a caller may use on any engine, with defaults that are true of an engine that
+has no such feature: where it runs (`provider`), the run-time adapter API (`can_load_adapters`,
+`adapter_names`, `load_adapter`, `unload_adapter`, `default_adapter`) and `reset_cache`. Callers therefore
+never probe an engine with getattr, and an engine that lacks a feature says so with an EngineError instead of
+an AttributeError.
 """
 
 from __future__ import annotations
@@ -12,12 +18,19 @@ import abc
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
+
+from .errors import EngineError
 
 FINISH_STOP = "stop"  # a stop string matched
 FINISH_EOS = "eos"  # the model emitted an end token
 FINISH_LENGTH = "length"  # max_new_tokens reached
 FINISH_CANCELLED = "cancelled"  # the cancel event was set
+
+# An explicit "no adapter" name for `GenerationRequest.adapter` and `Engine.default_adapter` (None in a request
+# means the engine's default adapter).
+BASE_ADAPTER = ""
 
 
 @dataclass(frozen=True)
@@ -120,9 +133,26 @@ class StopMatcher:
 
 
 class Engine(abc.ABC):
-    """A text generator. Implementations must be safe to call from one worker thread at a time."""
+    """A text generator. Implementations must be safe to call from one worker thread at a time.
+
+    Besides `generate` and `encode`, every engine has (defaults in brackets, for an engine without the feature):
+    - `provider` ("unknown"): where the model runs: "cpu" or "cuda" for an in-process engine, "remote" for an
+      engine that asks a server on another machine; "unknown" when the engine does not say (a test double).
+      A plain attribute: it may be set.
+    - `can_load_adapters` (False): whether `load_adapter`/`unload_adapter` work at run time.
+    - `adapter_names` (()): names a request may select with `GenerationRequest.adapter`.
+    - `load_adapter(name, path)` (raises EngineError): make the adapter at `path` selectable as `name`.
+    - `unload_adapter(name)` (raises EngineError: the name is not loaded).
+    - `default_adapter` (None): the adapter requests with `adapter=None` run with; None is the base model.
+      Settable: to None or BASE_ADAPTER (the base model) on any engine, to a loaded name where the engine has one;
+      an unknown name is an EngineError when set (engines without run-time adapters) or for the requests that use
+      it (OrtEngine, where an adapter may be loaded after it is named).
+    - `reset_cache()` (does nothing): forget what the engine keeps between requests; the next one runs cold.
+    """
 
     name: str = "engine"
+    provider: str = "unknown"
+    can_load_adapters: bool = False
 
     @abc.abstractmethod
     def generate(
@@ -167,6 +197,36 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` as the engine's tokenizer splits it (special tokens recognised)."""
+
+    # ---- adapters (defaults: an engine without run-time adapters) --------------------------------------------
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The adapters a request may name (BASE_ADAPTER, the base model, is always accepted)."""
+        return ()
+
+    def load_adapter(self, name: str, path: Path | str) -> None:
+        """Load the adapter at `path` under `name` (replacing one of that name)."""
+        raise EngineError(f"the {self.name} engine cannot load adapters at run time (asked to load '{name}')")
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget the adapter `name`; when it was the default, the default becomes None (the base model)."""
+        raise EngineError(f"adapter '{name}' is not loaded (the {self.name} engine has no run-time adapters)")
+
+    @property
+    def default_adapter(self) -> Optional[str]:
+        """The adapter requests with `adapter=None` run with (None: the base model)."""
+        return None
+
+    @default_adapter.setter
+    def default_adapter(self, name: Optional[str]) -> None:
+        if name not in (None, BASE_ADAPTER):
+            raise EngineError(f"adapter '{name}' is not loaded (the {self.name} engine has no run-time adapters)")
+
+    # ---- state -----------------------------------------------------------------------------------------------
+
+    def reset_cache(self) -> None:
+        """Forget any cache kept between requests (the next request runs cold). Default: nothing is kept."""
 
     def close(self) -> None:
         """Release the model; the engine cannot be used afterwards."""

@@ -2,32 +2,26 @@
 
 Greedy decoding token by token with the model's own KV cache (one forward pass over the prompt, then one per
 new token), so `cancel` is honoured before every forward pass. Stop strings, end tokens, streaming, token
-accounting and timings are the same code as `OrtEngine` (`decode_loop`, `TextAssembler`), so the two engines
-can be compared token for token. With `adapter_dir` a PEFT LoRA adapter is applied (not merged); requests
-select it with `adapter=None` or its folder name, and the base model with `adapter=""`.
-Every request runs cold: a reference does not reuse caches.
+accounting, timings and errors are the same code as `OrtEngine` (`model.decoding.LocalEngine`), so the two
+engines can be compared token for token. With `adapter_dir` a PEFT LoRA adapter is applied (not merged);
+requests select it with `adapter=None` or its folder name, and the base model with `adapter=""`. It is the
+engine's only adapter: PEFT wraps the model once, at construction, so `load_adapter`/`unload_adapter` refuse
+(a reference loads what it is compared with up front). Every request runs cold: a reference does not reuse
+caches, so `reset_cache` has nothing to do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .engine import (
-    FINISH_CANCELLED,
-    Engine,
-    GenerationRequest,
-    GenerationResult,
-    Stopwatch,
-    TextCallback,
-)
+from .decoding import HfTokenizerFile, LocalEngine, PreparedRequest, sample_token
+from .engine import BASE_ADAPTER, FINISH_CANCELLED, GenerationResult
 from .errors import EngineError, ModelNotFoundError
-from .ort_engine import HfTokenizerFile, TextAssembler, _GuardedCallback, decode_loop, sample_token
 from .trust import check_hf_folder, check_peft_folder
 
 log = logging.getLogger(__name__)
@@ -88,16 +82,22 @@ def _torch_dtype(dtype: Any, device: str):
         raise EngineError(f"unknown dtype '{dtype}' (choose float32, float16, bfloat16 or auto)") from None
 
 
-class HfEngine(Engine):
+class HfEngine(LocalEngine):
     """transformers (+ PEFT) engine.
 
     `model_dir_or_model`: a folder with a transformers checkpoint, or a loaded causal-LM module (then pass
     `tokenizer`). `device`: "cpu", "cuda" or "auto". `dtype`: "float32" (default), "float16", "bfloat16",
     a torch dtype, or "auto" (bfloat16 on CUDA, float32 on CPU). `adapter_dir`: a PEFT LoRA adapter folder.
     `eos_token_ids`: tokens that end a generation (default: the model's generation_config/config eos ids).
+
+    The adapter API: `adapter_names` is the adapter's name (its folder's name) or nothing; `default_adapter`
+    starts as that name and may be set to it, or to None/BASE_ADAPTER (the base model); `load_adapter` and
+    `unload_adapter` raise EngineError (the adapter is applied at construction).
     """
 
     name = "hf"
+    _engine_label = "transformers"
+    _runtime_label = "transformers"
 
     def __init__(
         self,
@@ -112,6 +112,7 @@ class HfEngine(Engine):
     ):
         import torch
 
+        super().__init__()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -119,10 +120,9 @@ class HfEngine(Engine):
         if not (device == "cpu" or device.startswith("cuda")):
             raise EngineError(f"unknown device '{device}' (choose cpu, cuda or auto)")
         self.device = device
+        self.provider = "cuda" if device.startswith("cuda") else "cpu"
         self._dtype = _torch_dtype(dtype, device)
-        self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
-        self._closed = False
 
         if isinstance(model_dir_or_model, (str, Path)):
             model_dir = Path(model_dir_or_model)
@@ -157,6 +157,7 @@ class HfEngine(Engine):
         self.adapter_dir = adapter_dir
         # Requests name it by its folder's name; `adapter=""` runs the base model (PEFT's disable_adapter).
         self.adapter_name: Optional[str] = adapter_dir.name if adapter_dir is not None else None
+        self._default_adapter = self.adapter_name
         self._model = model.to(device=device, dtype=self._dtype).eval()
         config = getattr(self._model, "config", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
@@ -172,58 +173,54 @@ class HfEngine(Engine):
         self.eos_token_ids: tuple[int, ...] = tuple(int(e) for e in eos_token_ids)
         log.info("loaded transformers model on %s (%s)", device, self._dtype)
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text)
+    # ---- adapters: the one given at construction -------------------------------------------------------------
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(ids)
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return (self.adapter_name,) if self.adapter_name is not None else ()
 
-    def generate(
-        self,
-        request: GenerationRequest,
-        *,
-        cancel: Optional[threading.Event] = None,
-        on_text: Optional[TextCallback] = None,
-    ) -> GenerationResult:
-        with self._lock:
-            if self._closed:
-                raise EngineError("the transformers engine is closed")
-            if request.adapter not in (None, "", self.adapter_name):
-                raise EngineError(
-                    f"adapter '{request.adapter}' is not loaded (HfEngine has "
-                    f"{repr(self.adapter_name) if self.adapter_name else 'no adapter'})"
-                )
-            callback = _GuardedCallback(on_text) if on_text is not None else None
-            try:
-                return self._generate_locked(request, cancel, callback)
-            except EngineError:
-                raise
-            except Exception as e:
-                if callback is not None and callback.raised is e:
-                    raise  # the caller's own error
-                first = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-                raise EngineError(f"transformers generation failed: {first}") from e
+    def load_adapter(self, name: str, path: Path | str) -> None:
+        raise EngineError(
+            f"the transformers engine takes its one PEFT adapter at construction (HfEngine(adapter_dir=...)); "
+            f"it cannot load '{name}' from {path} at run time"
+        )
 
-    def _generate_locked(
-        self, request: GenerationRequest, cancel: Optional[threading.Event], on_text: Optional[TextCallback]
-    ) -> GenerationResult:
+    def unload_adapter(self, name: str) -> None:
+        if name in self.adapter_names:
+            raise EngineError(
+                f"the transformers engine cannot unload its adapter '{name}': it is applied at construction "
+                '(select the base model with adapter="" or default_adapter = None)'
+            )
+        raise EngineError(self._not_loaded_message(name))
+
+    @property
+    def default_adapter(self) -> Optional[str]:
+        """The adapter requests with `adapter=None` run with: the constructor's adapter, or None (the base model)."""
+        return self._default_adapter
+
+    @default_adapter.setter
+    def default_adapter(self, name: Optional[str]) -> None:
+        if name in (None, BASE_ADAPTER):
+            self._default_adapter = None
+        elif name in self.adapter_names:
+            self._default_adapter = name
+        else:
+            raise EngineError(self._not_loaded_message(name))
+
+    def _not_loaded_message(self, name: str) -> str:
+        has = repr(self.adapter_name) if self.adapter_name else "no adapter"
+        return f"adapter '{name}' is not loaded (HfEngine has {has})"
+
+    # ---- generation ------------------------------------------------------------------------------------------
+
+    def _generate_locked(self, job: PreparedRequest) -> GenerationResult:
         import torch
         from transformers import DynamicCache
 
-        sw = Stopwatch()
-        prompt = self.encode(request.prompt)
-        if not prompt:
-            raise EngineError("the prompt is empty")
-        if len(prompt) >= self.context_length:
-            raise EngineError(
-                f"the prompt has {len(prompt)} tokens; the model's context is {self.context_length} tokens"
-            )
-        max_new = min(max(request.max_new_tokens, 0), self.context_length - len(prompt))
-        use_base = request.adapter == "" and self.adapter_name is not None
-        adapter = None if use_base else self.adapter_name
-        extra = {"adapter": adapter, "device": self.device}
-        if cancel is not None and cancel.is_set():
-            return GenerationResult("", (), FINISH_CANCELLED, sw.timings(len(prompt), 0, 0), extra)
+        use_base = job.adapter is None and self.adapter_name is not None
+        extra = {"adapter": job.adapter, "device": self.device}
+        if job.cancel is not None and job.cancel.is_set():
+            return self._result(job, "", (), FINISH_CANCELLED, 0, extra)
 
         model = self._model
         cache = DynamicCache()
@@ -238,36 +235,18 @@ class HfEngine(Engine):
             stack.enter_context(torch.inference_mode())
             if use_base:
                 stack.enter_context(model.disable_adapter())
-            state["logits"] = forward(prompt)
-            sw.mark_prefill_done()
+            state["logits"] = forward(job.prompt)
+            job.stopwatch.mark_prefill_done()
 
             def next_token() -> int:
                 if "pending" in state:
                     state["logits"] = forward([state.pop("pending")])
-                tok = sample_token(state["logits"], request.temperature, request.top_p, self._rng)
+                tok = sample_token(state["logits"], job.request.temperature, job.request.top_p, self._rng)
                 state["pending"] = tok
                 return tok
 
-            assembler = TextAssembler(self._tok.decode, request.stop, prompt[-1:])
-            out = decode_loop(
-                request,
-                next_token,
-                assembler,
-                self.eos_token_ids,
-                sw,
-                max_new_tokens=max_new,
-                cancel=cancel,
-                on_text=on_text,
-            )
-        return GenerationResult(
-            text=out.text,
-            token_ids=out.token_ids,
-            finish_reason=out.finish_reason,
-            timings=sw.timings(len(prompt), 0, len(out.token_ids)),
-            extra=extra,
-        )
+            out = self._run_loop(job, next_token)
+        return self._result(job, out.text, out.token_ids, out.finish_reason, 0, extra)
 
-    def close(self) -> None:
-        with self._lock:
-            self._model = None
-            self._closed = True
+    def _release_locked(self) -> None:
+        self._model = None

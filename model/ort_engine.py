@@ -9,8 +9,9 @@ reused keys and values are exactly those a cold run would compute for the same t
 The generator is rebuilt (cold) when the adapter changes, or when the prompt plus `max_new_tokens` does not fit
 the generator's KV buffer (which grows up to the model's context length).
 
-This module also holds the pieces the transformers engine shares (`TextAssembler`, `decode_loop`,
-`sample_token`), so that both engines cut text, stop and count tokens identically.
+What it shares with the transformers engine (request checks, the token loop, error handling) is
+`model.decoding`'s `LocalEngine`; this module is only what onnxruntime-genai needs: the generator and its
+cache, prefill chunks, prompt-lookup drafts, and adapters loaded at run time.
 """
 
 from __future__ import annotations
@@ -19,25 +20,13 @@ import json
 import logging
 import math
 import os
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .engine import (
-    FINISH_CANCELLED,
-    FINISH_EOS,
-    FINISH_LENGTH,
-    FINISH_STOP,
-    Engine,
-    GenerationRequest,
-    GenerationResult,
-    StopMatcher,
-    Stopwatch,
-    TextCallback,
-)
+from .decoding import HfTokenizerFile, LocalEngine, PreparedRequest, common_prefix_len, first_line, sample_token
+from .engine import BASE_ADAPTER, FINISH_CANCELLED, GenerationResult
 from .errors import EngineError, ModelNotFoundError
 from .lookup import DEFAULT_DRAFT, LookupDecoder, logits_rows
 from .trust import check_onnx_folder
@@ -46,175 +35,6 @@ log = logging.getLogger(__name__)
 
 # Graph inputs of a decoder exported by the onnxruntime-genai builder that are not LoRA parameters.
 _STANDARD_INPUT_PREFIXES = ("input_ids", "attention_mask", "position_ids", "past_key_values.", "past_", "cache_")
-
-# An explicit "no adapter" name for `GenerationRequest.adapter` (None means the engine's default adapter).
-BASE_ADAPTER = ""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Shared by the engines: incremental detokenisation, stop strings, the token loop, sampling.
-# --------------------------------------------------------------------------------------------------------------
-
-
-class TextAssembler:
-    """Turns generated token ids into final text: incremental decoding plus stop-string matching.
-
-    Decoding re-decodes the generated ids each step (a few hundred ids at most, microseconds), preceded by
-    `context_ids` (the last prompt token) so tokenizers that strip a leading space from the first token of a
-    decode (SentencePiece) still produce the right text; the context's own text is cut off. Text that ends in
-    an incomplete UTF-8 sequence (U+FFFD at the end) is held back until the next token completes it.
-    """
-
-    def __init__(
-        self,
-        decode: Callable[[Sequence[int]], str],
-        stops: Sequence[str],
-        context_ids: Sequence[int] = (),
-    ):
-        self._decode = decode
-        self._ctx = list(context_ids)
-        self._ctx_len = len(decode(self._ctx)) if self._ctx else 0
-        self._ids: list[int] = []
-        self._stable = 0  # characters of decoded text already fed to the matcher
-        self.matcher = StopMatcher(stops)
-
-    @property
-    def stopped(self) -> bool:
-        return self.matcher.stopped
-
-    @property
-    def text(self) -> str:
-        return self.matcher.text
-
-    def _decoded(self) -> str:
-        return self._decode(self._ctx + self._ids)[self._ctx_len :]
-
-    def add(self, token_id: int) -> str:
-        """Add one generated token; return the text that became final (may be empty)."""
-        self._ids.append(int(token_id))
-        text = self._decoded()
-        if text.endswith("\ufffd"):
-            return ""
-        piece = text[self._stable :]
-        self._stable = len(text)
-        return self.matcher.feed(piece) if piece else ""
-
-    def finish(self) -> str:
-        """Release everything still held back (incomplete characters, a possible stop-string start)."""
-        if self.matcher.stopped:
-            return ""
-        text = self._decoded() if self._ids else ""
-        out = ""
-        piece = text[self._stable :]
-        self._stable = len(text)
-        if piece:
-            out += self.matcher.feed(piece)
-        if not self.matcher.stopped:
-            out += self.matcher.flush()
-        return out
-
-
-@dataclass
-class LoopOutcome:
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str
-
-
-def decode_loop(
-    request: GenerationRequest,
-    next_token: Callable[[], int],
-    assembler: TextAssembler,
-    eos_ids: Iterable[int],
-    stopwatch: Stopwatch,
-    *,
-    max_new_tokens: Optional[int] = None,
-    cancel: Optional[threading.Event] = None,
-    on_text: Optional[TextCallback] = None,
-) -> LoopOutcome:
-    """The token loop every local engine runs.
-
-    `cancel` is checked before every call of `next_token` (each call runs at most one forward pass). Returned
-    `token_ids` are all generated tokens, the end token included when one ended the generation; `text` is cut
-    before the first stop string and never contains the end token. With `request.ignore_eos` (benchmarks) the
-    loop runs to the token limit: end tokens are ordinary tokens, stop strings still cut `text`, and the finish
-    reason is "length" unless cancelled.
-    """
-    ignore_eos = bool(getattr(request, "ignore_eos", False))
-    eos = frozenset() if ignore_eos else frozenset(int(e) for e in eos_ids)
-    limit = request.max_new_tokens if max_new_tokens is None else max_new_tokens
-    ids: list[int] = []
-    finish = FINISH_LENGTH
-    for _ in range(max(limit, 0)):
-        if cancel is not None and cancel.is_set():
-            finish = FINISH_CANCELLED
-            break
-        tok = int(next_token())
-        stopwatch.mark_token()
-        ids.append(tok)
-        if tok in eos:
-            finish = FINISH_EOS
-            break
-        piece = assembler.add(tok)
-        if piece and on_text is not None:
-            on_text(piece)
-        if assembler.stopped and not ignore_eos:
-            finish = FINISH_STOP
-            break
-    tail = assembler.finish()
-    if tail and on_text is not None:
-        on_text(tail)
-    if assembler.stopped and not ignore_eos:
-        finish = FINISH_STOP
-    return LoopOutcome(text=assembler.text, token_ids=tuple(ids), finish_reason=finish)
-
-
-def sample_token(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    """Greedy when temperature <= 0, else temperature + nucleus (top-p) sampling."""
-    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    z = logits / temperature
-    z -= z.max()
-    p = np.exp(z)
-    p /= p.sum()
-    if 0 < top_p < 1:
-        order = np.argsort(-p)
-        cum = np.cumsum(p[order])
-        keep = order[: int(np.searchsorted(cum, top_p)) + 1]
-        q = p[keep] / p[keep].sum()
-        return int(keep[rng.choice(len(keep), p=q)])
-    return int(rng.choice(len(p), p=p))
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    # Compare in blocks first: prompts are hundreds of tokens and usually share almost all of them.
-    step = 64
-    while i + step <= n and list(a[i : i + step]) == list(b[i : i + step]):
-        i += step
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-class HfTokenizerFile:
-    """Encode/decode with a `tokenizer.json` (the `tokenizers` library); special tokens are kept in decoded text."""
-
-    def __init__(self, path: Path):
-        from tokenizers import Tokenizer
-
-        self._tok = Tokenizer.from_file(str(path))
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def token_id(self, token: str) -> Optional[int]:
-        return self._tok.token_to_id(token)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -257,7 +77,7 @@ def default_threads() -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class OrtEngine(Engine):
+class OrtEngine(LocalEngine):
     """onnxruntime-genai engine with KV prefix reuse, streaming, stop strings, cancel and LoRA adapters.
 
     `model_dir` is a folder written by the onnxruntime-genai model builder (genai_config.json, the decoder ONNX
@@ -277,6 +97,9 @@ class OrtEngine(Engine):
     """
 
     name = "ort"
+    can_load_adapters = True
+    _engine_label = "ONNX"
+    _runtime_label = "ONNX Runtime"
 
     def __init__(
         self,
@@ -292,6 +115,7 @@ class OrtEngine(Engine):
         seed: Optional[int] = None,
         lookup_draft: Optional[int] = None,
     ):
+        super().__init__()
         self.model_dir = Path(model_dir)
         cfg_path = self.model_dir / "genai_config.json"
         if not cfg_path.is_file():
@@ -332,8 +156,6 @@ class OrtEngine(Engine):
         want = DEFAULT_DRAFT if lookup_draft is None else lookup_draft
         self.lookup_draft = want if self.max_draft is None else min(want, self.max_draft)
         self._rng = np.random.default_rng(seed)
-        self._lock = threading.Lock()
-        self._closed = False
 
         og = _import_og()
         self._og = og
@@ -351,10 +173,10 @@ class OrtEngine(Engine):
                 )
             self._model = og.Model(config)
         except Exception as e:
-            raise EngineError(f"cannot load the ONNX model in {self.model_dir}: {_one_line(e)}") from None
+            raise EngineError(f"cannot load the ONNX model in {self.model_dir}: {first_line(e)}") from None
         tok_file = self.model_dir / "tokenizer.json"
         if tok_file.is_file():
-            self._tok: object = HfTokenizerFile(tok_file)
+            self._tok = HfTokenizerFile(tok_file)
         else:
             self._tok = _OgTokenizer(og.Tokenizer(self._model))
         log.info(
@@ -372,25 +194,28 @@ class OrtEngine(Engine):
         self._adapters = None  # og.Adapters, created on the first load
         self._adapter_paths: dict[str, Path] = {}
         self._lora_inputs: Optional[dict[str, tuple[str, tuple[Optional[int], ...]]]] = None
+        self._default_adapter: Optional[str] = None
         for name, path in (adapters or {}).items():
             self.load_adapter(name, path)
         if default_adapter not in (None, BASE_ADAPTER) and default_adapter not in self._adapter_paths:
             raise EngineError(f"default adapter '{default_adapter}' is not loaded")
         self.default_adapter = default_adapter or None
 
-    # ---- tokenizer -------------------------------------------------------------------------------------------
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(ids)
-
     # ---- adapters --------------------------------------------------------------------------------------------
 
     @property
     def adapter_names(self) -> tuple[str, ...]:
         return tuple(self._adapter_paths)
+
+    @property
+    def default_adapter(self) -> Optional[str]:
+        """The adapter requests with `adapter=None` run with (None or BASE_ADAPTER: the base model). Set freely:
+        a name that is not loaded fails the requests that use it."""
+        return self._default_adapter
+
+    @default_adapter.setter
+    def default_adapter(self, name: Optional[str]) -> None:
+        self._default_adapter = name
 
     def lora_inputs(self) -> frozenset[str]:
         """Names of the decoder graph's inputs that are not token/mask/cache inputs (LoRA parameters)."""
@@ -422,7 +247,7 @@ class OrtEngine(Engine):
             try:
                 self._graph_proto = onnx.load(str(self._decoder_file), load_external_data=False)
             except Exception as e:
-                raise EngineError(f"cannot read {self._decoder_file}: {_one_line(e)}") from None
+                raise EngineError(f"cannot read {self._decoder_file}: {first_line(e)}") from None
         return self._graph_proto
 
     def _logits_rows(self) -> Optional[int]:
@@ -448,7 +273,7 @@ class OrtEngine(Engine):
 
             params = onnxruntime.AdapterFormat.read_adapter(str(path)).get_parameters()
         except Exception as e:
-            raise EngineError(f"cannot read adapter {path}: {_one_line(e)}") from None
+            raise EngineError(f"cannot read adapter {path}: {first_line(e)}") from None
         unknown = sorted(set(params) - set(inputs))
         if unknown:
             raise EngineError(
@@ -476,7 +301,7 @@ class OrtEngine(Engine):
             try:
                 self._adapters.load(str(path), name)
             except Exception as e:
-                raise EngineError(f"cannot load adapter {path}: {_one_line(e)}") from None
+                raise EngineError(f"cannot load adapter {path}: {first_line(e)}") from None
             self._adapter_paths[name] = path
         log.info("loaded adapter '%s' from %s", name, path)
 
@@ -515,48 +340,9 @@ class OrtEngine(Engine):
         log.debug("new generator (max_length %d, adapter %s)", length, adapter)
         return gen
 
-    def _resolve_adapter(self, requested: Optional[str]) -> Optional[str]:
-        name = self.default_adapter if requested is None else requested
-        if name in (None, BASE_ADAPTER):
-            return None
-        if name not in self._adapter_paths:
-            raise EngineError(f"adapter '{name}' is not loaded (loaded: {', '.join(self._adapter_paths) or 'none'})")
-        return name
-
-    def generate(
-        self,
-        request: GenerationRequest,
-        *,
-        cancel: Optional[threading.Event] = None,
-        on_text: Optional[TextCallback] = None,
-    ) -> GenerationResult:
-        with self._lock:
-            self._check_open()
-            callback = _GuardedCallback(on_text) if on_text is not None else None
-            try:
-                return self._generate_locked(request, cancel, callback)
-            except EngineError:
-                raise
-            except Exception as e:
-                if callback is not None and callback.raised is e:
-                    raise  # the caller's own error; the cache is consistent
-                # The generator may be in any state after a runtime failure: start the next request cold.
-                self._drop_generator()
-                raise EngineError(f"ONNX Runtime generation failed: {_one_line(e)}") from e
-
-    def _generate_locked(
-        self, request: GenerationRequest, cancel: Optional[threading.Event], on_text: Optional[TextCallback]
-    ) -> GenerationResult:
-        sw = Stopwatch()
-        adapter = self._resolve_adapter(request.adapter)
-        prompt = self.encode(request.prompt)
-        if not prompt:
-            raise EngineError("the prompt is empty")
-        if len(prompt) >= self.context_length:
-            raise EngineError(
-                f"the prompt has {len(prompt)} tokens; the model's context is {self.context_length} tokens"
-            )
-        max_new = min(max(request.max_new_tokens, 0), self.context_length - len(prompt))
+    def _generate_locked(self, job: PreparedRequest) -> GenerationResult:
+        request, prompt, max_new, adapter = job.request, job.prompt, job.max_new, job.adapter
+        sw, cancel = job.stopwatch, job.cancel
         needed = len(prompt) + max_new
 
         gen = self._generator
@@ -578,13 +364,13 @@ class OrtEngine(Engine):
 
         extra = {"rebuilt": rebuilt, "adapter": adapter, "provider": self.provider}
         if cancel is not None and cancel.is_set():
-            return self._result("", (), FINISH_CANCELLED, sw, len(prompt), reused, extra)
+            return self._result(job, "", (), FINISH_CANCELLED, reused, extra)
 
         # Prefill in chunks, checking cancel between them.
         pos = reused
         while pos < len(prompt):
             if cancel is not None and cancel.is_set():
-                return self._result("", (), FINISH_CANCELLED, sw, len(prompt), reused, extra)
+                return self._result(job, "", (), FINISH_CANCELLED, reused, extra)
             end = min(pos + self.prefill_chunk, len(prompt))
             gen.append_tokens(np.asarray(prompt[pos:end], dtype=np.int32))
             pos = end
@@ -626,63 +412,24 @@ class OrtEngine(Engine):
                 return int(gen.get_next_tokens()[0])
 
         self._all_in_cache = lookup is not None or request.temperature > 0 or ignore_eos
-        assembler = TextAssembler(self._tok.decode, request.stop, prompt[-1:])
-        out = decode_loop(
-            request,
-            next_token,
-            assembler,
-            self.eos_token_ids,
-            sw,
-            max_new_tokens=max_new,
-            cancel=cancel,
-            on_text=on_text,
-        )
+        out = self._run_loop(job, next_token)
         if lookup is not None:
             extra.update(lookup.stats())
-        return self._result(out.text, out.token_ids, out.finish_reason, sw, len(prompt), reused, extra)
-
-    @staticmethod
-    def _result(text, ids, finish, sw: Stopwatch, prompt_tokens: int, reused: int, extra: dict) -> GenerationResult:
-        return GenerationResult(
-            text=text,
-            token_ids=tuple(ids),
-            finish_reason=finish,
-            timings=sw.timings(prompt_tokens, reused, len(ids)),
-            extra=extra,
-        )
+        return self._result(job, out.text, out.token_ids, out.finish_reason, reused, extra)
 
     def reset_cache(self) -> None:
         """Forget the KV cache (the next request runs cold)."""
         with self._lock:
             self._drop_generator()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise EngineError("the ONNX engine is closed")
+    def _after_failure(self) -> None:
+        # The generator may be in any state after a runtime failure: start the next request cold.
+        self._drop_generator()
 
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._drop_generator()
-            self._adapters = None
-            self._model = None
-            self._closed = True
-
-
-class _GuardedCallback:
-    """Calls `on_text` and remembers an exception it raised, so engines can re-raise it unchanged."""
-
-    def __init__(self, fn: TextCallback):
-        self._fn = fn
-        self.raised: Optional[BaseException] = None
-
-    def __call__(self, piece: str) -> None:
-        try:
-            self._fn(piece)
-        except BaseException as e:
-            self.raised = e
-            raise
+    def _release_locked(self) -> None:
+        self._drop_generator()
+        self._adapters = None
+        self._model = None
 
 
 class _OgTokenizer:
@@ -697,7 +444,3 @@ class _OgTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(np.asarray(list(ids), dtype=np.int32))
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import ModelNotFoundError, UnknownModelError
+from .trust import check_hf_folder, check_onnx_folder
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 
@@ -101,8 +102,6 @@ def resolve_source(name_or_path: Optional[str]) -> ModelSource:
             raise ModelNotFoundError(f"{p} is a folder, not a GGUF file")
         return ModelSource(kind="gguf", name=p.stem, path=p)
     if p.is_dir():
-        from .trust import check_hf_folder, check_onnx_folder
-
         # A folder named by a user or a workspace setting is data, never code (model.trust): refused here, before
         # anything reads it with a runtime.
         if (p / "genai_config.json").exists():

@@ -16,6 +16,10 @@ given, else the server's `/tokenize` endpoint (llama.cpp and vLLM have one); whe
 EngineError. `count_tokens` falls back to an estimate (one token per 3 characters) in that case.
 `GenerationResult.token_ids` is empty (servers send text, not ids); `timings.new_tokens` is the server's
 `usage.completion_tokens` when it reports usage, else the number of streamed pieces.
+
+The model runs on the server's machine, not this one: `provider` is "remote". The server serves the model (and
+any adapter) it was started with and keeps its own prompt cache, so the engine has the `Engine` defaults for
+the rest: no adapters (`GenerationRequest.adapter` is not sent), and `reset_cache` has nothing to forget.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
 
+from .decoding import HfTokenizerFile
 from .engine import (
     FINISH_CANCELLED,
     FINISH_EOS,
@@ -60,6 +65,7 @@ class RemoteEngine(Engine):
     """Completions from an OpenAI-compatible HTTP server (see the module docstring)."""
 
     name = "remote"
+    provider = "remote"
 
     def __init__(
         self,
@@ -94,8 +100,6 @@ class RemoteEngine(Engine):
         self.max_server_stops = max(int(max_server_stops), 0)
         self._tok = None
         if tokenizer is not None:
-            from .ort_engine import HfTokenizerFile
-
             p = Path(tokenizer)
             if p.is_dir():
                 p = p / "tokenizer.json"

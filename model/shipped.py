@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import IntarsiaError
+from .lora import export_adapter
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "adapters"
 WEIGHTS = "adapter_model.safetensors"
@@ -118,8 +119,6 @@ def shipped_for(source, root: Path = SHIPPED_DIR) -> Optional[ShippedAdapter]:
 
 def onnx_adapter_path(adapter: ShippedAdapter, built_path: Path) -> Path:
     """The adapter exported for the built model in `built_path` (exported on first use, atomically)."""
-    from .lora import export_adapter
-
     out = Path(built_path) / "adapters" / f"shipped-{adapter.name}-{adapter.key}.onnx_adapter"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)

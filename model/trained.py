@@ -29,6 +29,7 @@ from typing import Optional
 
 from .cache import atomic_dir, cache_root, clean_stale_parts, sha256_file, write_json_atomic
 from .errors import IntarsiaError
+from .lora import export_adapter
 
 CURRENT_FILE = "current.json"
 MANIFEST_FILE = "manifest.json"
@@ -197,8 +198,6 @@ class AdapterStore:
 
 def onnx_adapter_for(version: Version, model_dir: Path, build_key: str) -> Path:
     """The version's adapter exported for the built ONNX model `model_dir` (exported once, atomically)."""
-    from .lora import export_adapter
-
     out = version.path / "onnx" / f"{build_key[:16] or 'model'}.onnx_adapter"
     if not out.exists():
         export_adapter(version.adapter_dir, Path(model_dir), out, name=version.name)

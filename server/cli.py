@@ -18,10 +18,28 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+from intarsia.model import shipped
+from intarsia.model.build import BuildOptions, build, find_built
+from intarsia.model.engine import GenerationRequest
 from intarsia.model.errors import IntarsiaError
+from intarsia.model.factory import FIM_ADAPTER, EngineSpec, open_engine
+from intarsia.model.fetch import fetch, is_fetched, verify
+from intarsia.model.lookup import DEFAULT_DRAFT
+from intarsia.model.ort_engine import available_providers
+from intarsia.model.registry import DEFAULT_MODEL, get_spec, registry, resolve_source
+from intarsia.model.trained import AdapterStore
+from intarsia.server.core.acceptance import run_stats
+from intarsia.server.core.completion import PipelineOptions, run_completion
+from intarsia.server.core.context import ContextProvider, RepoIndex
+from intarsia.server.core.documents import Document
+from intarsia.server.core.prompt import PromptBudget
+from intarsia.training.examples import RenderOptions
+from intarsia.training.run import TrainOptions, dry_run, evaluate_repository, train_repository
+from intarsia.training.trainer import TrainConfig
 
 log = logging.getLogger("intarsia")
 
@@ -43,10 +61,6 @@ def _human(n: int) -> str:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
-    from intarsia.model.build import BuildOptions, find_built
-    from intarsia.model.fetch import is_fetched
-    from intarsia.model.registry import DEFAULT_MODEL, registry, resolve_source
-
     for name, spec in registry().items():
         src = resolve_source(name)
         built = find_built(src, BuildOptions())
@@ -57,23 +71,16 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_fetch(args: argparse.Namespace) -> int:
-    from intarsia.model.fetch import fetch
-    from intarsia.model.registry import get_spec
-
     path = fetch(get_spec(args.name), progress=not args.quiet)
     print(path)
     return 0
 
 
 def _options(args: argparse.Namespace):
-    from intarsia.model.build import BuildOptions
-
     return BuildOptions(precision=args.precision, provider=args.device, accuracy_level=args.accuracy_level)
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
-    from intarsia.model.build import build
-
     t0 = time.perf_counter()
     built = build(args.model, _options(args), force=args.force, progress=not args.quiet, fim_format=args.fim_format,
                   fim_adapter=not args.no_fim_adapter)
@@ -86,22 +93,17 @@ def cmd_model_build(args: argparse.Namespace) -> int:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from intarsia.model.build import find_built
-    from intarsia.model.registry import resolve_source
-
     src = resolve_source(args.model)
     built = find_built(src, _options(args))
     info: dict = {"source": src.kind, "name": src.name}
     if src.spec is not None:
         info.update(gguf_sha256=src.spec.gguf_sha256, gguf_size=src.spec.gguf_size, license=src.spec.license,
                     pieces=[f"{p.dist}=={p.version}" for p in src.spec.parts])
-    from intarsia.model.shipped import shipped_for
-
     try:
-        shipped = shipped_for(src)
-        if shipped is not None:
-            info["fim_adapter"] = {"name": shipped.name, "path": str(shipped.path), "sha256": shipped.sha256,
-                                   "scores": shipped.manifest.get("scores", {})}
+        fim = shipped.shipped_for(src)
+        if fim is not None:
+            info["fim_adapter"] = {"name": fim.name, "path": str(fim.path), "sha256": fim.sha256,
+                                   "scores": fim.manifest.get("scores", {})}
     except IntarsiaError as e:
         info["fim_adapter"] = {"error": str(e)}
     if built is None:
@@ -141,68 +143,18 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- complete
 
 
-def _load_engine(args: argparse.Namespace):
-    """(engine, fim_format) for the CLI's --engine/--model/--adapter options."""
-    from intarsia.model.fim import get_format
-
-    if args.engine == "remote":
-        if not args.endpoint:
-            raise IntarsiaError("--engine remote needs --endpoint URL (an OpenAI-compatible server)")
-        from intarsia.model.remote_engine import RemoteEngine
-
-        fmt = get_format(args.fim_format or "qwen2.5-coder")
-        return RemoteEngine(args.endpoint, model=args.remote_model, fim_format=fmt), fmt
-
-    from intarsia.model.build import build, check_fim
-    from intarsia.model.registry import resolve_source
-
-    src = resolve_source(args.model)
-    if args.engine == "hf":
-        from intarsia.model.build import hf_folder_for, resolve_gguf
-        from intarsia.model.hf_engine import HfEngine
-
-        gguf = resolve_gguf(src, progress=not args.quiet)
-        hf_dir = hf_folder_for(src, gguf, progress=not args.quiet) if gguf is not None else src.path
-        fmt = check_fim(hf_dir, args.fim_format or (src.spec.fim_format if src.spec else None), src.name)
-        adapter = None if args.adapter in (None, "none") else Path(args.adapter)
-        if adapter is None and not args.no_fim_adapter:
-            from intarsia.model.shipped import shipped_for
-
-            shipped = shipped_for(src)
-            adapter = shipped.path if shipped is not None else None
-        return HfEngine(hf_dir, device=args.device, adapter_dir=adapter), fmt
-
-    from intarsia.model.ort_engine import OrtEngine
-
-    built = build(src, _options(args), progress=not args.quiet, fim_format=args.fim_format,
-                  fim_adapter=not args.no_fim_adapter and args.adapter in (None, "none"))
-    adapters = {}
-    default_adapter = None
-    if args.adapter not in (None, "none"):
-        adapters["cli"] = _adapter_file(Path(args.adapter), built.path)
-        default_adapter = "cli"
-    elif built.fim_adapter is not None:
-        adapters["fim"] = built.fim_adapter
-        default_adapter = "fim"
-    engine = OrtEngine(built.path, provider=args.device, threads=args.threads, adapters=adapters,
-                       default_adapter=default_adapter, lookup_draft=args.lookup_draft)
-    return engine, built.fim_format
-
-
-def _adapter_file(path: Path, model_dir: Path) -> Path:
-    """An `.onnx_adapter` for `path`: used as is, or exported from a peft folder next to the model."""
-    if path.is_file():
-        return path
-    if path.is_dir() and (path / "adapter_config.json").exists():
-        from intarsia.model.lora import export_adapter
-        from intarsia.model.trust import check_peft_folder
-
-        check_peft_folder(path)  # safetensors only, even when an export of it is cached
-        out = model_dir / "adapters" / f"{path.resolve().name}.onnx_adapter"
-        if not out.exists() or out.stat().st_mtime < (path / "adapter_config.json").stat().st_mtime:
-            export_adapter(path, model_dir, out)
-        return out
-    raise IntarsiaError(f"adapter {path} is neither an .onnx_adapter file nor a peft folder (adapter_config.json)")
+def engine_spec(args: argparse.Namespace, *, workspace: Optional[str] = None, build: bool = True) -> EngineSpec:
+    """The engine the CLI's --engine/--model/--device/--adapter/... options name (see model.factory)."""
+    adapter = getattr(args, "adapter", None)
+    return EngineSpec(kind=getattr(args, "engine", "ort"), model=args.model, device=args.device,
+                      precision=args.precision, accuracy_level=args.accuracy_level,
+                      threads=getattr(args, "threads", None),
+                      lookup_draft=getattr(args, "lookup_draft", None) if getattr(args, "lookup_draft", None)
+                      is not None else DEFAULT_DRAFT,
+                      fim_format=args.fim_format, adapter=None if adapter in (None, "none") else adapter,
+                      workspace=workspace, fim_adapter=not args.no_fim_adapter,
+                      remote_endpoint=getattr(args, "endpoint", None), remote_model=getattr(args, "remote_model", None),
+                      build=build, progress_bars=not args.quiet, warm_up=False)
 
 
 def split_at(text: str, line: int, column: int) -> tuple[str, str]:
@@ -220,8 +172,8 @@ def split_at(text: str, line: int, column: int) -> tuple[str, str]:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from intarsia.model.engine import GenerationRequest
-
+    """What an editor would show at the position: the served pipeline (scope, repository context of the workspace,
+    the prompt within the served budget, post-processing). `--raw`: the bare FIM prompt's output, for debugging."""
     path = Path(args.file)
     try:
         data = path.read_bytes()
@@ -231,19 +183,42 @@ def cmd_complete(args: argparse.Namespace) -> int:
         raise IntarsiaError(f"{path} looks like a binary file")
     text = data.decode("utf-8", errors="replace")
     prefix, suffix = split_at(text, args.line, args.column)
-    engine, fmt = _load_engine(args)
-    with engine:
-        prompt = fmt.render(prefix, suffix)
-        stops = list(fmt.stop_strings)
-        if args.single_line:
-            stops.append("\n")
-        req = GenerationRequest(prompt=prompt, max_new_tokens=args.max_tokens, stop=tuple(stops))
-        res = engine.generate(req)
-    t = res.timings
-    log.info("completion: %d prompt tokens, %d new, first token %.0f ms, total %.0f ms, finish=%s",
-             t.prompt_tokens, t.new_tokens, t.first_token_s * 1000, t.total_s * 1000, res.finish_reason)
-    sys.stdout.write(res.text)
-    if not res.text.endswith("\n"):
+    workspace = Path(args.workspace or path.resolve().parent).resolve()
+    if not workspace.is_dir():
+        raise IntarsiaError(f"--workspace {workspace} is not a folder")
+    loaded = open_engine(engine_spec(args, workspace=str(workspace)))
+    with loaded.engine as engine:
+        if args.raw:
+            fmt = loaded.fim_format
+            stops = (*fmt.stop_strings, "\n") if args.single_line else fmt.stop_strings
+            res = engine.generate(GenerationRequest(prompt=fmt.render(prefix, suffix), max_new_tokens=args.max_tokens,
+                                                    stop=tuple(stops)))
+            t = res.timings
+            log.info("raw completion: %d prompt tokens, %d new, first token %.0f ms, total %.0f ms, finish=%s",
+                     t.prompt_tokens, t.new_tokens, t.first_token_s * 1000, t.total_s * 1000, res.finish_reason)
+            shown = res.text
+        else:
+            rel = path.resolve().relative_to(workspace).as_posix() if path.resolve().is_relative_to(workspace) \
+                else path.name
+            doc = Document(path.resolve().as_uri(), text, 0, path=rel, fs_path=str(path.resolve()))
+            index = RepoIndex(workspace)
+            if args.context_tokens != 0:
+                index.build()
+            budget = PromptBudget.served(engine.provider)
+            if args.context_tokens is not None:
+                budget = replace(budget, context=args.context_tokens)
+            options = PipelineOptions(max_tokens=args.max_tokens, multiline="never" if args.single_line else "auto",
+                                      budget=budget, repo_name=workspace.name)
+            out = run_completion(doc.snapshot(len(prefix), invoked=True), engine=engine, fim_format=loaded.fim_format,
+                                 options=options, context=ContextProvider(index))
+            if args.json:
+                print(json.dumps({"engine": loaded.description, **out.to_json(), "raw": out.raw}, indent=1))
+                return 0
+            if not out.text:
+                print(f"intarsia: no suggestion here ({out.reason})", file=sys.stderr)
+            shown = out.text
+    sys.stdout.write(shown)
+    if not shown.endswith("\n"):
         sys.stdout.write("\n")
     return 0
 
@@ -263,11 +238,6 @@ DOCTOR_SAMPLE = (
 def cmd_doctor(args: argparse.Namespace) -> int:
     import onnxruntime
 
-    from intarsia.model.build import check_fim, find_built
-    from intarsia.model.engine import GenerationRequest
-    from intarsia.model.fetch import verify
-    from intarsia.model.registry import resolve_source
-
     ok = True
 
     def line(status: str, what: str) -> None:
@@ -281,41 +251,28 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         ok &= good
     line("ok", f"onnxruntime {onnxruntime.__version__}, providers: {', '.join(onnxruntime.get_available_providers())}")
     try:
-        from intarsia.model.ort_engine import available_providers
-
         line("ok", f"onnxruntime-genai providers usable here: {', '.join(available_providers())}")
     except Exception as e:  # pragma: no cover - reported, not fatal
         line("warn", f"cannot list onnxruntime-genai providers: {e}")
-    built = find_built(src, _options(args))
-    if built is None:
-        line("FAIL", f"no built model for {src.name} ({_options(args).variant}): run `intarsia model build`")
-        return 1
-    line("ok", f"built model: {built.path} ({built.manifest.get('precision')}, "
-               f"{built.manifest.get('execution_provider')})")
+    t0 = time.perf_counter()
     try:
-        fmt = check_fim(built.path, built.manifest.get("fim_format"), src.name)
-        line("ok", f"FIM format {fmt.name}: tokens {', '.join(fmt.special_tokens)} found")
+        loaded = open_engine(engine_spec(args, build=False))
     except IntarsiaError as e:
         line("FAIL", str(e))
         return 1
-    from intarsia.model.build import with_fim_adapter
-    from intarsia.model.ort_engine import OrtEngine
-
-    adapters: dict = {}
-    if not args.no_fim_adapter:
-        try:
-            fim = with_fim_adapter(src, built).fim_adapter
-            if fim is not None:
-                adapters["fim"] = fim
-                line("ok", f"fill-in-the-middle adapter verified against its manifest: {fim.name}")
-        except IntarsiaError as e:
-            ok = False
-            line("FAIL", str(e))
+    load_s = time.perf_counter() - t0
+    built = loaded.built
+    line("ok", f"built model: {built.path} ({built.manifest.get('precision')}, "
+               f"{built.manifest.get('execution_provider')})")
+    fmt = loaded.fim_format
+    line("ok", f"FIM format {fmt.name}: tokens {', '.join(fmt.special_tokens)} found")
+    if loaded.fim_adapter_error is not None:
+        ok = False
+        line("FAIL", loaded.fim_adapter_error)
+    elif loaded.base_adapter is not None:
+        line("ok", f"fill-in-the-middle adapter verified against its manifest: {loaded.adapters[FIM_ADAPTER].name}")
     prompt = fmt.render(*DOCTOR_SAMPLE)
-    t0 = time.perf_counter()
-    with OrtEngine(built.path, provider=args.device, threads=args.threads, adapters=adapters,
-                   default_adapter="fim" if adapters else None) as engine:
-        load_s = time.perf_counter() - t0
+    with loaded.engine as engine:
         res = engine.generate(GenerationRequest(prompt=prompt, max_new_tokens=24, stop=(*fmt.stop_strings, "\n")))
     t = res.timings
     line("ok", f"engine loaded in {load_s:.1f} s; probe: {t.prompt_tokens} prompt tokens, first token "
@@ -332,7 +289,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from intarsia.server.lsp import serve
+    from intarsia.server.lsp.server import serve  # (pygls loads only for the server)
 
     rc = serve(tcp=args.tcp, port=args.port, socket_path=args.socket, verbose=args.verbose, log_file=args.log_file)
     # Model and indexing threads must not keep the process alive once the client is gone.
@@ -341,8 +298,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from intarsia.server.acceptance import run_stats
-
     png = Path(args.png) if args.png else None
     print(run_stats(args.workspace, png, chart=not args.no_chart, as_json=args.json))
     return 0
@@ -352,17 +307,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _train_options(args: argparse.Namespace):
-    from intarsia.training.examples import RenderOptions
-    from intarsia.training.run import TrainOptions
-    from intarsia.training.trainer import TrainConfig
-
     cfg = TrainConfig(rank=args.rank, alpha=args.alpha if args.alpha is not None else 2 * args.rank,
                       learning_rate=args.lr, epochs=args.epochs, max_steps=args.max_steps,
                       batch_tokens=args.batch_tokens, context_length=args.context_length, seed=args.seed,
                       save_every=args.save_every,
                       gradient_checkpointing={"auto": None, "on": True, "off": False}[args.gradient_checkpointing])
-    render = RenderOptions(prompt_tokens=min(args.prompt_tokens, args.context_length),
-                           context_tokens=args.context_tokens)
+    render = RenderOptions()  # the server's prompt budget on the training device (training.run.served_budget)
     return TrainOptions(base=args.base, device=args.device, held_out=args.held_out,
                         recent_commits=args.recent_commits, seed=args.seed, max_examples=args.max_examples,
                         eval_next_line=args.eval_next_line, eval_fim=args.eval_fim, render=render, config=cfg,
@@ -371,8 +321,6 @@ def _train_options(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from intarsia.training.run import dry_run, train_repository
-
     opts = _train_options(args)
     repo = Path(args.repo)
     if args.dry_run:
@@ -410,8 +358,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from intarsia.training.run import evaluate_repository
-
     opts = _train_options(args)
     report = evaluate_repository(Path(args.repo), base=args.base, adapter=args.adapter, options=opts)
     print(json.dumps(report, indent=1))
@@ -419,9 +365,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):
-    from intarsia.model.registry import resolve_source
-    from intarsia.model.trained import AdapterStore
-
     repo = Path(args.repo).expanduser()
     if not repo.is_dir():
         raise IntarsiaError(f"{repo} is not a folder")
@@ -472,8 +415,6 @@ def _add_train_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per optimizer step")
     p.add_argument("--context-length", type=int, default=1024, help="longest packed training sequence")
-    p.add_argument("--prompt-tokens", type=int, default=1024, help="prompt budget (as the server's)")
-    p.add_argument("--context-tokens", type=int, default=256, help="repository context budget (as the server's)")
     p.add_argument("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (resumable)")
     p.add_argument("--max-examples", type=int, default=0, help="sample at most N training examples (0: all)")
@@ -547,7 +488,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default="current", help="current | none | vNNNN | PEFT_FOLDER")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("complete", help="print the completion at a position of a file")
+    p = sub.add_parser("complete", help="print what an editor would show at a position of a file")
     p.add_argument("file")
     p.add_argument("--line", type=int, required=True, help="1-based line")
     p.add_argument("--column", type=int, required=True, help="1-based column (characters)")
@@ -556,8 +497,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default=None, help="OpenAI-compatible server URL for --engine remote")
     p.add_argument("--remote-model", default=None, help="model name to send to the remote server")
     p.add_argument("--adapter", default="none", help="none | PATH (peft folder or .onnx_adapter)")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--single-line", action="store_true", help="stop at the end of the line")
+    p.add_argument("--workspace", default=None,
+                   help="the workspace for repository context and its trained adapter (default: the file's folder)")
+    p.add_argument("--context-tokens", type=int, default=None,
+                   help="repository context budget (default: the server's; 0: none)")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--single-line", action="store_true", help="complete the current line only")
+    p.add_argument("--raw", action="store_true",
+                   help="the bare fill-in-the-middle prompt's raw output (no scope, context or post-processing)")
+    p.add_argument("--json", action="store_true", help="the outcome as JSON: text, scope, timings, context files")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--lookup-draft", type=int, default=None, metavar="N",
                    help="tokens drafted per pass by prompt-lookup decoding (0 turns it off; default 3)")

@@ -192,7 +192,7 @@ def test_exact_cuda_graph_computes_the_exact_model(built, built_cuda):
 
 
 def test_cuda_builds_are_served_best_first():
-    from intarsia.server.engines import cuda_builds
+    from intarsia.model.factory import cuda_builds
 
     assert [(o.precision, o.provider) for o in cuda_builds()] == [("exact", "cuda"), ("fp16", "cuda"),
                                                                    ("int4", "cuda")]

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-
-from intarsia.server.cli import main, split_at
 from intarsia.model.errors import IntarsiaError
+from intarsia.server.cli import main, split_at
+from test_training import tiny_built, tiny_hf  # noqa: F401  (fixtures)
 
 
 def run_cli(*args, env=None):
@@ -86,3 +86,47 @@ def test_remote_engine_needs_endpoint(tmp_path, capsys):
 def test_help_runs_as_module():
     proc = run_cli("--help")
     assert proc.returncode == 0 and "model" in proc.stdout and "complete" in proc.stdout
+
+
+def test_complete_prints_what_the_served_pipeline_gives(tiny_hf, tiny_built, tmp_path, monkeypatch, capsys):
+    """`intarsia complete` runs the server's pipeline (scope, repository context of the workspace, the served
+    budget, post-processing): its text is what `run_completion` gives for the same snapshot and engine; `--raw`
+    is the bare prompt's output."""
+    import json
+
+    from intarsia.model.engine import GenerationRequest
+    from intarsia.model.factory import EngineSpec, open_engine
+    from intarsia.server.core.completion import PipelineOptions, run_completion
+    from intarsia.server.core.context import ContextProvider, RepoIndex
+    from intarsia.server.core.documents import Document
+    from intarsia.server.core.prompt import PromptBudget
+
+    cache, _ = tiny_built
+    monkeypatch.setenv("INTARSIA_CACHE", str(cache))
+    ws = tmp_path / "ws"
+    (ws / "pkg").mkdir(parents=True)
+    (ws / "pkg" / "helpers.py").write_text("def scale_vector(vector, factor):\n"
+                                           "    return [v * factor for v in vector]\n")
+    src = ws / "pkg" / "main.py"
+    src.write_text("from pkg.helpers import scale_vector\n\n\ndef double(values):\n    return \n")
+    args = ["complete", str(src), "--line", "5", "--column", "12", "--model", str(tiny_hf), "--workspace", str(ws),
+            "--max-tokens", "8", "--no-fim-adapter", "-q"]
+    assert main(["-q", *args[:-1], "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["scope"] == "line" and out["context_files"] == ["pkg/helpers.py"]
+
+    text = src.read_text()
+    loaded = open_engine(EngineSpec(model=str(tiny_hf), device="cpu", fim_adapter=False, workspace=str(ws)))
+    with loaded.engine as engine:
+        index = RepoIndex(ws)
+        index.build()
+        offset = text.index("return ") + len("return ")
+        doc = Document(src.as_uri(), text, 0, path="pkg/main.py", fs_path=str(src))
+        want = run_completion(doc.snapshot(offset, invoked=True), engine=engine, fim_format=loaded.fim_format,
+                              options=PipelineOptions(max_tokens=8, budget=PromptBudget.served(engine.provider),
+                                                      repo_name="ws"), context=ContextProvider(index))
+        raw = engine.generate(GenerationRequest(prompt=loaded.fim_format.render(text[:offset], text[offset:]),
+                                                max_new_tokens=8, stop=loaded.fim_format.stop_strings))
+    assert out["text"] == want.text and out["raw"] == want.raw
+    assert main(["-q", *args[:-1], "--raw"]) == 0
+    assert capsys.readouterr().out == raw.text + ("" if raw.text.endswith("\n") else "\n")

@@ -39,7 +39,8 @@ def npm_ci(folder: Path, timeout: float = 300) -> None:
     _, npm = node_tools()
     env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false",
            "npm_config_audit": "false"}
-    cmd = [npm, "ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"]
+    # --omit=optional: vsce's optional keytar (publishing only) would otherwise be compiled by an npm 10.
+    cmd = [npm, "ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error", "--omit=optional"]
     try:
         proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -1,21 +1,25 @@
 """The VS Code extension (editors/vscode): it builds with tsc from its lock file, and its settings mirror the
-server's (server/settings.py): every setting the server reads is contributed under the same name, with the
+server's (server/lsp/settings.py): every setting the server reads is contributed under the same name, with the
 server's default, choices and bounds, and the section the extension sends (client-only keys stripped by
 out/config.js) parses without a warning. Workspace Trust: the settings that point at code, files or endpoints are
 restricted in untrusted workspaces (package.json and out/config.js's own filter), and the server command is
-machine-scoped.
+machine-scoped. `npm run package` (vsce) makes the .vsix users install: it holds the compiled extension and its
+run-time dependencies and nothing else, and its JavaScript loads under Node.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
+import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from intarsia.server.settings import DEVICES, ENGINES, MULTILINE, Settings, parse_settings
+from intarsia.server.lsp.settings import DEVICES, ENGINES, MULTILINE, Settings, parse_settings
 
 from test_editors_node import node_tools, npm_ci
 
@@ -247,3 +251,139 @@ def test_commands_are_contributed_and_distinct_from_the_server_commands():
     lock = json.loads((EXT / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/vscode-languageclient"]["version"] == \
         PACKAGE["dependencies"]["vscode-languageclient"]
+
+
+# The package users install (`code --install-extension`): `npm run package` leaves it here (gitignored).
+VSIX = EXT / f"{PACKAGE['name']}-{PACKAGE['version']}.vsix"
+LOCK_PACKAGES: dict = json.loads((EXT / "package-lock.json").read_text())["packages"]
+
+
+def _top_package(path: str) -> str:
+    """'node_modules/@scope/name' or 'node_modules/name' of a path under node_modules/."""
+    parts = path.split("/")
+    return "/".join(parts[:3] if parts[1].startswith("@") else parts[:2])
+
+
+@pytest.fixture(scope="module")
+def packaged_extension(built_extension, tmp_path_factory) -> tuple[str, Path, list[str], str]:
+    """(node, the unpacked .vsix, its member names, vsce's output) after `npm run package` in editors/vscode."""
+    node = built_extension
+    _, npm = node_tools()
+    VSIX.unlink(missing_ok=True)
+    env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"}
+    # stdin closed: the script must not wait for an answer (vsce asks about a missing repository or license).
+    proc = subprocess.run([npm, "run", "package"], cwd=EXT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"npm run package failed:\n{out[-3000:]}"
+    assert VSIX.is_file(), out[-3000:]
+    unpacked = tmp_path_factory.mktemp("vsix")
+    with zipfile.ZipFile(VSIX) as zf:
+        assert zf.testzip() is None
+        names = zf.namelist()
+        zf.extractall(unpacked)
+    return node, unpacked, names, out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_vsix_holds_the_extension_and_its_runtime_dependencies_only(packaged_extension):
+    _, unpacked, names, out = packaged_extension
+    # The flags of the package script: no question about a repository or a license (in a terminal vsce would ask).
+    assert "--allow-missing-repository" in PACKAGE["scripts"]["package"]
+    assert "'repository' field is missing" not in out and "LICENSE.txt not found" not in out, out
+    assert PACKAGE["devDependencies"]["@vscode/vsce"] == LOCK_PACKAGES["node_modules/@vscode/vsce"]["version"]
+
+    files = [n for n in names if not n.endswith("/")]
+    assert len(files) == len(set(files))
+    assert {"extension.vsixmanifest", "[Content_Types].xml"} <= set(files)
+    ext = sorted(n.removeprefix("extension/") for n in files if n.startswith("extension/"))
+    assert len(ext) == len(files) - 2, sorted(set(files) - {f"extension/{n}" for n in ext})
+    # Top level: the manifest, the readme, the compiled JavaScript, node_modules; no src/, tsconfig.json, .vscode/.
+    assert {n.split("/")[0] for n in ext} == {"package.json", "readme.md", "out", "node_modules"}
+    compiled = {f"out/{ts.stem}.js" for ts in (EXT / "src").glob("*.ts")}
+    assert compiled >= {"out/extension.js", "out/config.js"}
+    assert {n for n in ext if n.startswith("out/")} == compiled
+    assert not [n for n in ext if n.endswith((".ts", ".map", ".tsbuildinfo", ".vsix"))]
+
+    # Every run-time package of the lock file is in, with the version the lock file pins; no dev package is.
+    runtime = {k: v for k, v in LOCK_PACKAGES.items() if k and not v.get("dev")}
+    dev = {k for k, v in LOCK_PACKAGES.items() if k and v.get("dev")}
+    assert "node_modules/vscode-languageclient" in runtime and "node_modules/vscode-jsonrpc" in runtime
+    assert {"node_modules/typescript", "node_modules/@vscode/vsce", "node_modules/@types/node",
+            "node_modules/@types/vscode"} <= dev
+    for key, meta in runtime.items():
+        manifest = unpacked / "extension" / key / "package.json"
+        assert manifest.is_file(), key
+        assert json.loads(manifest.read_text())["version"] == meta["version"], key
+    packaged = {_top_package(n) for n in ext if n.startswith("node_modules/")}
+    assert packaged == {k for k in runtime if k.count("node_modules/") == 1}, packaged
+    for key in dev:
+        assert not [n for n in ext if n.startswith(key + "/")], key
+    # What `require('vscode-languageclient/node')` resolves to (its package.json "exports").
+    assert "node_modules/vscode-languageclient/lib/node/main.js" in ext
+
+    # The packaged manifest is the repository's.
+    inside = json.loads((unpacked / "extension" / "package.json").read_text())
+    for field in ("name", "publisher", "version", "main", "engines", "activationEvents", "contributes",
+                  "capabilities", "dependencies"):
+        assert inside.get(field) == PACKAGE[field], field
+    assert set(inside["contributes"]["configuration"]["properties"]) == set(PROPS)
+    identity = ET.parse(unpacked / "extension.vsixmanifest").getroot().find(".//{*}Identity")
+    assert identity is not None
+    assert (identity.get("Id"), identity.get("Publisher"), identity.get("Version")) == \
+        (PACKAGE["name"], PACKAGE["publisher"], PACKAGE["version"])
+
+
+# Follows every require() from out/extension.js through the packaged node_modules: each must resolve inside the
+# package (only 'vscode', which VS Code provides, and Node's own modules are left out).
+_REQUIRE_WALK = r"""
+const fs = require('fs'), path = require('path'), { createRequire, builtinModules } = require('module');
+const root = process.argv[1];
+const seen = new Set(), missing = [], outside = [];
+const queue = [path.join(root, 'out', 'extension.js')];
+while (queue.length) {
+  const file = queue.pop();
+  if (seen.has(file)) continue;
+  seen.add(file);
+  const req = createRequire(file);
+  for (const m of fs.readFileSync(file, 'utf8').matchAll(/\brequire\(\s*["']([^"']+)["']\s*\)/g)) {
+    const spec = m[1];
+    if (spec === 'vscode' || builtinModules.includes(spec.replace(/^node:/, ''))) continue;
+    let found;
+    try { found = req.resolve(spec); } catch (e) { missing.push(path.relative(root, file) + ': ' + spec); continue; }
+    if (path.relative(root, found).startsWith('..')) outside.push(spec + ' -> ' + found);
+    else if (found.endsWith('.js')) queue.push(found);
+  }
+}
+const c = require(path.join(root, 'out', 'config.js'));
+const protocol = createRequire(path.join(root, 'out', 'extension.js'))('vscode-languageserver-protocol/node');
+process.stdout.write(JSON.stringify({
+  files: [...seen].map((f) => path.relative(root, f)), missing, outside,
+  sent: c.serverSection(JSON.parse(process.argv[2])),
+  inline: protocol.InlineCompletionRequest.method,
+}));
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_packaged_javascript_loads_with_its_dependencies(packaged_extension, tmp_path):
+    node, unpacked, _, _ = packaged_extension
+    section = _defaults_section()
+    section["maxTokens"] = 7
+    # Run from elsewhere: the repository's own out/ and node_modules must not be what gets loaded.
+    proc = subprocess.run([node, "-e", _REQUIRE_WALK, str(unpacked / "extension"), json.dumps(section)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["missing"] == [] and got["outside"] == [], (got["missing"], got["outside"])
+    # Each run-time package of the lock file is reached from out/extension.js (none is packaged for nothing).
+    reached = {_top_package(f) for f in got["files"] if f.startswith("node_modules/")}
+    assert reached == {k for k, v in LOCK_PACKAGES.items() if k.count("node_modules/") == 1 and not v.get("dev")}
+    assert "node_modules/vscode-languageclient/lib/node/main.js" in got["files"]
+    assert got["inline"] == "textDocument/inlineCompletion"
+    sent = got["sent"]
+    assert "server" not in sent and "trace" not in sent
+    settings, warnings = parse_settings(sent)
+    assert warnings == [] and settings == Settings(max_tokens=7)

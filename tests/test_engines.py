@@ -1,4 +1,5 @@
-"""OrtEngine and HfEngine on a tiny random Qwen2 (real tokenizer): parity, KV reuse, cancel, stops, EOS, adapters."""
+"""OrtEngine and HfEngine on a tiny random Qwen2 (real tokenizer): parity, KV reuse, cancel, stops, EOS, adapters;
+and the `Engine` API every engine declares."""
 
 from __future__ import annotations
 
@@ -12,23 +13,19 @@ import numpy as np
 import pytest
 
 from intarsia.model.engine import (
+    BASE_ADAPTER,
     FINISH_CANCELLED,
     FINISH_EOS,
     FINISH_LENGTH,
     FINISH_STOP,
+    Engine,
     GenerationRequest,
 )
 from intarsia.model.errors import EngineError, ModelNotFoundError
 from intarsia.model.fim import QWEN25_CODER
 from intarsia.model.hf_engine import HfEngine
-from intarsia.model.ort_engine import (
-    HfTokenizerFile,
-    OrtEngine,
-    TextAssembler,
-    available_providers,
-    common_prefix_len,
-    default_threads,
-)
+from intarsia.model.decoding import HfTokenizerFile, TextAssembler, common_prefix_len
+from intarsia.model.ort_engine import OrtEngine, available_providers, default_threads
 
 from tiny import build_ort, make_tiny_qwen2
 
@@ -640,6 +637,21 @@ def test_hf_engine_with_peft_adapter(tiny, hf, tmp_path):
         eng.generate(GenerationRequest(p, max_new_tokens=2, adapter="other"))
     with pytest.raises(ModelNotFoundError):
         HfEngine(tiny["hf"], adapter_dir=tmp_path / "missing")
+    # The Engine adapter API over the one PEFT adapter: listed, the default, never loaded or unloaded at run time.
+    assert eng.adapter_names == ("team-lora",) and eng.default_adapter == "team-lora"
+    assert not eng.can_load_adapters
+    with pytest.raises(EngineError, match="at construction"):
+        eng.load_adapter("second", tmp_path / "team-lora")
+    with pytest.raises(EngineError, match="at construction"):
+        eng.unload_adapter("team-lora")
+    with pytest.raises(EngineError, match="not loaded"):
+        eng.default_adapter = "other"
+    eng.default_adapter = None  # requests that name no adapter now run the base model
+    assert eng.generate(GenerationRequest(p, max_new_tokens=NEW)).token_ids == plain.token_ids
+    named = eng.generate(GenerationRequest(p, max_new_tokens=NEW, adapter="team-lora"))
+    assert named.token_ids == with_adapter.token_ids
+    eng.default_adapter = "team-lora"
+    assert eng.generate(GenerationRequest(p, max_new_tokens=NEW)).token_ids == with_adapter.token_ids
 
 
 def test_ignore_eos_runs_to_the_limit(eos_case, tiny):
@@ -651,3 +663,136 @@ def test_ignore_eos_runs_to_the_limit(eos_case, tiny):
     for r in (ro, rh):
         assert r.finish_reason == FINISH_LENGTH
         assert r.token_ids == ids  # the same tokens as a model without that end token
+
+
+# ---- the Engine API -------------------------------------------------------------------------------------------
+
+# What each engine says about where it runs (None: its own word, but not an execution provider of this machine).
+_PROVIDERS = {"OrtEngine": "cpu", "HfEngine": "cpu", "RemoteEngine": "remote", "TestEngine": None}
+
+
+def _test_engine_class():
+    try:
+        from intarsia.model.test_engine import TestEngine
+    except ImportError:
+        from intarsia.model.test_engine import TestEngine
+    return TestEngine
+
+
+def _engine_classes() -> dict[str, type]:
+    """Every concrete Engine subclass defined in intarsia.model (all of its modules imported), and TestEngine."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import intarsia.model
+
+    for info in pkgutil.iter_modules(intarsia.model.__path__):
+        importlib.import_module(f"intarsia.model.{info.name}")
+    found = {"TestEngine": _test_engine_class()}
+    stack = [Engine]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            stack.append(sub)
+            if sub.__module__.startswith("intarsia.model.") and not inspect.isabstract(sub):
+                found[sub.__name__] = sub
+    return found
+
+
+class _Bare(Engine):
+    """An engine that implements only what Engine requires: it shows the declared defaults."""
+
+    def generate(self, request, *, cancel=None, on_text=None):
+        raise NotImplementedError
+
+    def encode(self, text):
+        return [len(text)]
+
+
+def _check_declared_api(eng: Engine) -> None:
+    """What Engine declares, as every engine must honour it."""
+    assert isinstance(eng.provider, str) and eng.provider
+    assert isinstance(eng.can_load_adapters, bool)
+    names = eng.adapter_names
+    assert isinstance(names, tuple) and all(isinstance(n, str) and n for n in names)
+    default = eng.default_adapter
+    assert default is None or default in names
+    assert eng.reset_cache() is None
+    with pytest.raises(EngineError, match="not loaded"):
+        eng.unload_adapter("no-such-adapter")
+    eng.default_adapter = None  # the base model: accepted everywhere
+    assert eng.default_adapter is None
+    eng.default_adapter = BASE_ADAPTER
+    assert eng.default_adapter in (None, BASE_ADAPTER)
+    eng.default_adapter = default
+    if not eng.can_load_adapters:
+        with pytest.raises(EngineError):
+            eng.load_adapter("a", "/nonexistent/a.onnx_adapter")
+        with pytest.raises(EngineError, match="not loaded"):
+            eng.default_adapter = "no-such-adapter"
+        assert eng.default_adapter == default
+
+
+def test_engine_declares_the_api_with_defaults():
+    for attr in ("provider", "can_load_adapters", "adapter_names", "load_adapter", "unload_adapter",
+                 "default_adapter", "reset_cache"):
+        assert hasattr(Engine, attr), attr
+    eng = _Bare()
+    assert eng.provider == "unknown" and eng.can_load_adapters is False
+    assert eng.adapter_names == () and eng.default_adapter is None
+    with pytest.raises(EngineError, match="cannot load adapters at run time"):
+        eng.load_adapter("x", "x.onnx_adapter")
+    _check_declared_api(eng)
+    eng.provider = "cpu"  # a plain attribute (the server's tests set it on the test engine)
+    assert eng.provider == "cpu"
+
+
+def test_every_engine_exposes_the_declared_api(ort, hf):
+    from intarsia.model.remote_engine import RemoteEngine
+
+    classes = _engine_classes()
+    assert set(classes) == set(_PROVIDERS), "a new Engine subclass: add it to _PROVIDERS and build it below"
+    engines = {
+        "OrtEngine": ort,
+        "HfEngine": hf,
+        "RemoteEngine": RemoteEngine("http://127.0.0.1:9", timeout=1),  # never contacted
+        "TestEngine": classes["TestEngine"](),
+    }
+    for name, eng in engines.items():
+        assert type(eng) is classes[name]
+        if _PROVIDERS[name] is None:
+            assert eng.provider not in ("cpu", "cuda"), name
+        else:
+            assert eng.provider == _PROVIDERS[name], name
+        _check_declared_api(eng)
+    assert ort.can_load_adapters and not hf.can_load_adapters
+    assert ort.default_adapter is None and hf.default_adapter is None  # built without adapters
+    assert engines["RemoteEngine"].adapter_names == engines["TestEngine"].adapter_names == ()
+
+
+def test_local_engines_share_checks_and_error_wrapping(engine, monkeypatch):
+    """One generate for both in-process engines: the same request checks, runtime errors become EngineError."""
+    label = {"ort": "ONNX Runtime", "hf": "transformers"}[engine.name]
+    with pytest.raises(EngineError, match="^the prompt is empty$"):
+        engine.generate(GenerationRequest("", max_new_tokens=4))
+    p = _fim(300, 200, 40)
+    first = engine.generate(GenerationRequest(p, max_new_tokens=4))
+
+    def broken(text: str) -> list[int]:
+        raise RuntimeError("tokenizer broke\nsecond line")
+
+    monkeypatch.setattr(engine, "encode", broken)
+    with pytest.raises(EngineError, match=f"^{label} generation failed: tokenizer broke$"):
+        engine.generate(GenerationRequest(p, max_new_tokens=4))
+    monkeypatch.undo()
+    again = engine.generate(GenerationRequest(p, max_new_tokens=4))
+    assert again.token_ids == first.token_ids
+    assert again.timings.reused_tokens == 0  # after a runtime failure the ONNX engine starts cold
+
+
+def test_closed_engines_say_which(tiny):
+    for eng, label in ((OrtEngine(tiny["ort"], provider="cpu"), "ONNX"), (HfEngine(tiny["hf"]), "transformers")):
+        eng.close()
+        eng.close()  # closing twice is harmless
+        with pytest.raises(EngineError, match=f"^the {label} engine is closed$"):
+            eng.generate(GenerationRequest("x", max_new_tokens=1))

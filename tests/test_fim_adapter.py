@@ -100,8 +100,8 @@ def test_building_applies_the_fim_adapter_and_turning_it_off_gives_the_plain_mod
     from intarsia.model.engine import GenerationRequest
     from intarsia.model.ort_engine import OrtEngine
     from intarsia.model.registry import resolve_source
-    from intarsia.server.engines import FIM_ADAPTER, load_engine
-    from intarsia.server.settings import Settings
+    from intarsia.model.factory import FIM_ADAPTER, open_engine
+    from intarsia.server.lsp.settings import Settings
 
     cache, _ = tiny_built
     monkeypatch.setenv("INTARSIA_CACHE", str(cache))
@@ -118,13 +118,13 @@ def test_building_applies_the_fim_adapter_and_turning_it_off_gives_the_plain_mod
         adapted = fim_engine.generate(req).text
     assert adapted != plain
 
-    on = load_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu"))
+    on = open_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu").engine_spec(None))
     try:
         assert on.engine.default_adapter == FIM_ADAPTER and on.base_adapter == FIM_ADAPTER
         assert on.description.endswith("+ FIM adapter") and on.engine.generate(req).text == adapted
     finally:
         on.engine.close()
-    off = load_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu", fim_adapter=False))
+    off = open_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu", fim_adapter=False).engine_spec(None))
     try:
         assert off.engine.default_adapter is None and off.engine.generate(req).text == plain
     finally:
@@ -135,7 +135,7 @@ def test_building_applies_the_fim_adapter_and_turning_it_off_gives_the_plain_mod
     data[-10] ^= 0xFF
     (tiny_fim / WEIGHTS).write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
-        broken = load_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu"))
+        broken = open_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu").engine_spec(None))
     try:
         assert broken.engine.default_adapter is None and broken.engine.generate(req).text == plain
         assert "without its fill-in-the-middle adapter" in caplog.text and "does not match" in caplog.text
@@ -147,8 +147,8 @@ def test_rolling_back_a_trained_adapter_returns_to_the_fim_adapter(tiny_hf, tiny
                                                                    monkeypatch):  # noqa: F811
     from intarsia.model.registry import resolve_source
     from intarsia.model.trained import AdapterStore
-    from intarsia.server.engines import FIM_ADAPTER, load_engine, swap_trained_adapter
-    from intarsia.server.settings import Settings
+    from intarsia.model.factory import FIM_ADAPTER, open_engine
+    from intarsia.server.lsp.settings import Settings
 
     cache, _ = tiny_built
     monkeypatch.setenv("INTARSIA_CACHE", str(cache))
@@ -156,11 +156,11 @@ def test_rolling_back_a_trained_adapter_returns_to_the_fim_adapter(tiny_hf, tiny
     store = AdapterStore(repo, resolve_source(str(tiny_hf)).cache_name)
     v = store.add_version(_peft_dir(tiny_hf, tmp_path / "trained", 3), {"scores": {}})
     store.promote(v.name)
-    loaded = load_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu"), workspace=str(repo))
+    loaded = open_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu").engine_spec(str(repo)))
     try:
         assert loaded.engine.default_adapter == f"trained-{v.name}"  # the trained adapter replaces it
         store.rollback()
-        assert swap_trained_adapter(loaded) is None and loaded.engine.default_adapter == FIM_ADAPTER
+        assert loaded.swap_trained() is None and loaded.engine.default_adapter == FIM_ADAPTER
     finally:
         loaded.engine.close()
 

@@ -1,7 +1,7 @@
 """A workspace is hostile input: its git configuration never runs a program, its symlinks never leak a file.
 
 Each attack is planted for real and first shown to work with plain git (the control), so that these tests fail
-if `server.git` stops neutralizing it: every planted command touches a marker file, and no marker may exist
+if `server.core.git` stops neutralizing it: every planted command touches a marker file, and no marker may exist
 after listing, indexing, crawling, `recent_files` and `intarsia train --dry-run`.
 """
 
@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from intarsia.server import context as context_mod
-from intarsia.server import git as git_mod
-from intarsia.server.context import ContextProvider, RepoIndex, list_files, read_text_file
-from intarsia.server.git import run_git
-from intarsia.server.pipeline import Snapshot
+from intarsia.server.core import files as context_mod
+from intarsia.server.core import git as git_mod
+from intarsia.server.core.context import ContextProvider, RepoIndex
+from intarsia.server.core.files import list_files, read_text_file
+from intarsia.server.core.git import run_git
+from intarsia.server.core.documents import Snapshot
 
 pytestmark = pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v git"], capture_output=True).returncode,
                                 reason="git is not installed")

@@ -196,7 +196,8 @@ def test_python_docstrings_are_only_first_string_statements():
 
 def test_grammars_imports_nothing_else_from_intarsia():
     code = (
-        "import sys, intarsia.grammars, intarsia.grammars.postprocess, intarsia.grammars.scope;"
+        "import sys, intarsia.grammars, intarsia.grammars.postprocess, intarsia.grammars.scope,"
+        " intarsia.grammars.validate;"
         "print(sorted(m for m in sys.modules if m.startswith('intarsia.') and not m.startswith('intarsia.grammars')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -205,6 +206,16 @@ def test_grammars_imports_nothing_else_from_intarsia():
         src = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+intarsia\b", src, re.M), path
         assert not re.search(r"^\s*from\s+(model|server|training)\b", src, re.M), path
+
+
+def test_modules_share_only_public_names():
+    # Each module's private names are its own: what another module needs is public (grammars/validate.py
+    # gives post-processing `Validator` and its tiers, nothing else).
+    for path in GRAMMARS_DIR.rglob("*.py"):
+        src = path.read_text()
+        for m in re.finditer(r"^from\s+\.\w*\s+import\s+(\([^)]*\)|[^\n]*)", src, re.M):
+            names = [n.strip().split(" as ")[0] for n in m.group(1).strip("()").split(",") if n.strip()]
+            assert not [n for n in names if n.startswith("_")], (path, m.group(0))
 
 
 def test_library_code_does_not_print():

@@ -314,7 +314,7 @@ def test_manifest_records_and_old_builds_get_the_edit(graphs, tmp_path):
 
 
 def test_lookup_setting():
-    from intarsia.server.settings import Settings, parse_settings
+    from intarsia.server.lsp.settings import Settings, parse_settings
 
     assert Settings().lookup_draft == 3
     s, warnings = parse_settings({"lookupDraft": 0})

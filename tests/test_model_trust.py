@@ -162,11 +162,11 @@ def test_server_engine_loading_refuses_the_planted_folder(planted):
     from intarsia.model.build import BuildOptions, find_built
     from intarsia.model.ort_engine import OrtEngine
     from intarsia.model.registry import ModelSource
-    from intarsia.server.engines import load_engine
-    from intarsia.server.settings import Settings
+    from intarsia.model.factory import open_engine
+    from intarsia.server.lsp.settings import Settings
 
     with pytest.raises(UntrustedModelError, match="custom_ops_library names the shared library 'libplanted.so'"):
-        load_engine(Settings(engine="ort", model=str(planted["dir"]), device="cpu"))
+        open_engine(Settings(engine="ort", model=str(planted["dir"]), device="cpu").engine_spec(None))
     # The choke points behind it refuse too, whoever calls them.
     with pytest.raises(UntrustedModelError):
         OrtEngine(planted["dir"], provider="cpu")
@@ -176,11 +176,11 @@ def test_server_engine_loading_refuses_the_planted_folder(planted):
 
 
 def test_a_library_the_user_config_allows_is_loaded(planted, no_user_config, caplog):
-    from intarsia.server.engines import load_engine
-    from intarsia.server.settings import Settings
+    from intarsia.model.factory import open_engine
+    from intarsia.server.lsp.settings import Settings
 
     _allow(no_user_config, planted["lib"])
-    loaded = load_engine(Settings(engine="ort", model=str(planted["dir"]), device="cpu", threads=1))
+    loaded = open_engine(Settings(engine="ort", model=str(planted["dir"]), device="cpu", threads=1).engine_spec(None))
     try:
         assert planted["marker"].exists()  # the allow-list is what let it run
         assert any("libplanted.so, allowed by" in r.getMessage() for r in caplog.records)
@@ -420,7 +420,7 @@ def test_a_hugging_face_folder_with_only_pickle_weights_is_refused(tmp_path):
 
 def test_a_peft_folder_with_only_adapter_model_bin_is_refused(tmp_path):
     from intarsia.model.lora import _read_peft
-    from intarsia.server.cli import _adapter_file
+    from intarsia.model.factory import adapter_file as _adapter_file
     from intarsia.training.trainer import TrainConfig, check_init_adapter
 
     d = tmp_path / "peft"

@@ -14,8 +14,11 @@ from hypothesis import strategies as st
 from intarsia.grammars.registry import get_language
 from intarsia.grammars.scope import Scope
 from intarsia.model.fim import CODELLAMA, QWEN25_CODER, RepoFile
-from intarsia.server import pipeline as P
-from intarsia.server.engines import TestEngine
+from intarsia.server.core import completion as C
+from intarsia.server.core import documents as D
+from intarsia.server.core import functions as F
+from intarsia.server.core import prompt as PR
+from intarsia.model.test_engine import TestEngine
 
 PY = get_language("python")
 
@@ -29,58 +32,58 @@ CJK = "漢字"  # 2 code points, 2 UTF-16 units, 6 UTF-8 bytes
 def test_offsets_count_utf16_units_for_emoji_and_cjk():
     text = f"a{EMOJI}b\n{CJK}x\n"
     # "b" is after 1 + 2 UTF-16 units, 1 + 4 UTF-8 bytes, 2 code points.
-    assert P.offset_at(text, 0, 3, "utf-16") == text.index("b")
-    assert P.offset_at(text, 0, 5, "utf-8") == text.index("b")
-    assert P.offset_at(text, 0, 2, "utf-32") == text.index("b")
-    assert P.offset_at(text, 1, 2, "utf-16") == text.index("x")
-    assert P.offset_at(text, 1, 6, "utf-8") == text.index("x")
+    assert D.offset_at(text, 0, 3, "utf-16") == text.index("b")
+    assert D.offset_at(text, 0, 5, "utf-8") == text.index("b")
+    assert D.offset_at(text, 0, 2, "utf-32") == text.index("b")
+    assert D.offset_at(text, 1, 2, "utf-16") == text.index("x")
+    assert D.offset_at(text, 1, 6, "utf-8") == text.index("x")
     # Inside the surrogate pair / inside a UTF-8 sequence: the start of the character.
-    assert P.offset_at(text, 0, 2, "utf-16") == text.index(EMOJI)
-    assert P.offset_at(text, 0, 3, "utf-8") == text.index(EMOJI)
-    assert P.position_at(text, text.index("b"), "utf-16") == (0, 3)
-    assert P.position_at(text, text.index("b"), "utf-8") == (0, 5)
-    assert P.position_at(text, text.index("x"), "utf-16") == (1, 2)
+    assert D.offset_at(text, 0, 2, "utf-16") == text.index(EMOJI)
+    assert D.offset_at(text, 0, 3, "utf-8") == text.index(EMOJI)
+    assert D.position_at(text, text.index("b"), "utf-16") == (0, 3)
+    assert D.position_at(text, text.index("b"), "utf-8") == (0, 5)
+    assert D.position_at(text, text.index("x"), "utf-16") == (1, 2)
 
 
 def test_crlf_and_lone_cr_are_line_breaks():
     text = "ab\r\ncd\ref\ngh"
-    assert P.offset_at(text, 1, 0) == text.index("c")
-    assert P.offset_at(text, 2, 1) == text.index("f")
-    assert P.offset_at(text, 3, 2) == len(text)
+    assert D.offset_at(text, 1, 0) == text.index("c")
+    assert D.offset_at(text, 2, 1) == text.index("f")
+    assert D.offset_at(text, 3, 2) == len(text)
     # Past the end of a line: the line's end, before its \r\n.
-    assert P.offset_at(text, 0, 99) == 2
-    assert P.position_at(text, text.index("e"), "utf-16") == (2, 0)
-    assert P.position_at(text, 2, "utf-16") == (0, 2)
+    assert D.offset_at(text, 0, 99) == 2
+    assert D.position_at(text, text.index("e"), "utf-16") == (2, 0)
+    assert D.position_at(text, 2, "utf-16") == (0, 2)
 
 
 def test_lines_past_the_end():
-    assert P.offset_at("abc\n", 5, 0) == 4
-    with pytest.raises(P.PositionError):
-        P.offset_at("abc\n", 5, 0, strict=True)
-    assert P.offset_at("abc\n", 1, 0, strict=True) == 4  # the empty last line exists
-    with pytest.raises(P.PositionError):
-        P.offset_at("abc", -1, 0)
+    assert D.offset_at("abc\n", 5, 0) == 4
+    with pytest.raises(D.PositionError):
+        D.offset_at("abc\n", 5, 0, strict=True)
+    assert D.offset_at("abc\n", 1, 0, strict=True) == 4  # the empty last line exists
+    with pytest.raises(D.PositionError):
+        D.offset_at("abc", -1, 0)
 
 
 _chars = st.sampled_from(list("ab \t(") + ["\n", "\r\n", "\r", EMOJI, "漢", "é"])
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(_chars, max_size=30).map("".join), st.sampled_from(P.ENCODINGS), st.data())
+@given(st.lists(_chars, max_size=30).map("".join), st.sampled_from(D.ENCODINGS), st.data())
 def test_position_offset_roundtrip(text, encoding, data):
     # Every character boundary that is not inside a \r\n pair maps to a position and back.
     boundaries = [i for i in range(len(text) + 1)
                   if not (0 < i < len(text) and text[i - 1] == "\r" and text[i] == "\n")]
     i = data.draw(st.sampled_from(boundaries))
-    line, ch = P.position_at(text, i, encoding)
-    assert P.offset_at(text, line, ch, encoding) == i
+    line, ch = D.position_at(text, i, encoding)
+    assert D.offset_at(text, line, ch, encoding) == i
 
 
 # ------------------------------------------------------------------------------------------------ documents
 
 
 def test_incremental_changes_in_utf16_keep_the_tree_in_sync():
-    doc = P.Document("file:///w/a.py", f"x = '{EMOJI}'\ny = 1\n", 1, "python", path="a.py")
+    doc = D.Document("file:///w/a.py", f"x = '{EMOJI}'\ny = 1\n", 1, "python", path="a.py")
     # Replace "1" on line 1 and insert after the emoji (UTF-16 column 7 = after x = '😀).
     doc.apply_change((1, 4, 1, 5), "22")
     doc.apply_change((0, 7, 0, 7), "z")
@@ -97,20 +100,20 @@ def test_incremental_changes_in_utf16_keep_the_tree_in_sync():
 @given(st.lists(_chars, max_size=20).map("".join),
        st.lists(st.tuples(st.integers(0, 6), st.integers(0, 8), st.integers(0, 6), st.integers(0, 8),
                           st.lists(_chars, max_size=5).map("".join)), max_size=6),
-       st.sampled_from(P.ENCODINGS))
+       st.sampled_from(D.ENCODINGS))
 def test_changes_match_a_plain_string_splice(text, edits, encoding):
-    doc = P.Document("file:///w/a.py", text, 1, "python", path="a.py")
+    doc = D.Document("file:///w/a.py", text, 1, "python", path="a.py")
     expected = text
     for sl, sc, el, ec, new in edits:
-        a = P.offset_at(expected, sl, sc, encoding)
-        b = P.offset_at(expected, el, ec, encoding)
+        a = D.offset_at(expected, sl, sc, encoding)
+        b = D.offset_at(expected, el, ec, encoding)
         a, b = min(a, b), max(a, b)
         expected = expected[:a] + new + expected[b:]
         doc.apply_change((sl, sc, el, ec), new, encoding)
         assert doc.text == expected
         # The line index kept through edits is the one a fresh scan finds (\r\n pairs made or split by an
         # edit included).
-        assert doc._lines.starts.tolist() == P.LineIndex(expected).starts.tolist()
+        assert doc._lines.starts.tolist() == D.LineIndex(expected).starts.tolist()
     snap = doc.snapshot(0)
     if snap.tree is not None:
         assert snap.tree.root_node.end_byte == len(expected.encode("utf-8", "surrogatepass"))
@@ -118,7 +121,7 @@ def test_changes_match_a_plain_string_splice(text, edits, encoding):
 
 def test_edits_in_a_document_of_ten_million_lines_take_milliseconds():
     # Positions are converted through the line index: no walk over the lines before the edit.
-    doc = P.Document("file:///w/huge.txt", "x\n" * 10_000_000, 1, "plaintext")
+    doc = D.Document("file:///w/huge.txt", "x\n" * 10_000_000, 1, "plaintext")
     t0 = time.perf_counter()
     for i in range(5):
         doc.apply_change((5_000_000 + i, 0, 5_000_000 + i, 1), "yy\nz")
@@ -130,16 +133,16 @@ def test_edits_in_a_document_of_ten_million_lines_take_milliseconds():
 
 
 def test_full_change_and_binary_detection():
-    doc = P.Document("file:///w/b.bin", "abc", 1, "plaintext")
+    doc = D.Document("file:///w/b.bin", "abc", 1, "plaintext")
     assert not doc.binary
     doc.apply_change(None, "a\x00b")
     assert doc.text == "a\x00b" and doc.binary
 
 
 def test_neighbors_are_other_documents_most_recent_first():
-    store = P.DocumentStore()
-    a = P.Document("file:///w/a.py", "a", 1, "python", path="a.py")
-    b = P.Document("file:///w/b.py", "b", 1, "python", path="b.py")
+    store = D.DocumentStore()
+    a = D.Document("file:///w/a.py", "a", 1, "python", path="a.py")
+    b = D.Document("file:///w/b.py", "b", 1, "python", path="b.py")
     store.open(a)
     store.open(b)
     a.apply_change((0, 1, 0, 1), "!")
@@ -158,8 +161,8 @@ def test_prompt_fits_the_budget_and_keeps_the_cursor_lines():
     lines = [f"value_{i} = compute_{i}(argument_{i})\n" for i in range(400)]
     text = "".join(lines)
     offset = text.index("value_300")
-    parts = P.build_prompt(QWEN25_CODER, _count, text, offset, budget=600,
-                           context_files=[RepoFile("util.py", "def compute_1(x):\n    return x\n")], path="m.py")
+    parts = PR.build_prompt(QWEN25_CODER, _count, text, offset, budget=PR.PromptBudget(prompt=600),
+                            context_files=[RepoFile("util.py", "def compute_1(x):\n    return x\n")], path="m.py")
     assert parts.prompt_tokens <= 600
     assert "value_299 = compute_299" in parts.prompt  # the line just before the cursor
     assert "value_300 = compute_300" in parts.prompt  # the suffix starts at the cursor
@@ -174,30 +177,31 @@ def test_prompt_fits_the_budget_and_keeps_the_cursor_lines():
        st.floats(0, 1), st.integers(64, 900))
 def test_prompt_never_exceeds_the_budget(text, where, budget):
     offset = int(len(text) * where)
-    parts = P.build_prompt(QWEN25_CODER, _count, text, offset, budget=budget)
+    parts = PR.build_prompt(QWEN25_CODER, _count, text, offset, budget=PR.PromptBudget(prompt=budget))
     assert _count(parts.prompt) <= budget + 4  # the parts are counted apart; the seams may differ slightly
     assert parts.prefix_start <= offset <= parts.suffix_end
     prefix, suffix = TestEngine().split_prompt(parts.prompt)
     assert prefix == text[parts.prefix_start:offset] and suffix == text[offset:parts.suffix_end]
-    if _count(text) + 8 <= budget // 2 and _count(text) <= P.SUFFIX_MAX_TOKENS:  # a small file goes in whole
+    if _count(text) + 8 <= budget // 2 and _count(text) <= PR.SUFFIX_MAX_TOKENS:  # a small file goes in whole
         assert (parts.prefix_start, parts.suffix_end) == (0, len(text))
 
 
 def test_suffix_is_capped_for_latency():
     text = "".join(f"v{i} = {i}\n" for i in range(2000))
     off = text.index("v1000 ")
-    parts = P.build_prompt(QWEN25_CODER, _count, text, off, budget=8000)
-    assert _count(text[off:parts.suffix_end]) <= P.SUFFIX_MAX_TOKENS
-    assert _count(text[parts.prefix_start:off]) > 4 * P.SUFFIX_MAX_TOKENS
+    parts = PR.build_prompt(QWEN25_CODER, _count, text, off, budget=PR.PromptBudget(prompt=8000))
+    assert _count(text[off:parts.suffix_end]) <= PR.SUFFIX_MAX_TOKENS
+    assert _count(text[parts.prefix_start:off]) > 4 * PR.SUFFIX_MAX_TOKENS
 
 
 def test_suffix_cap_is_an_option_and_short_on_cpu():
     text = "".join(f"v{i} = {i}\n" for i in range(2000))
     off = text.index("v1000 ")
-    parts = P.build_prompt(QWEN25_CODER, _count, text, off, budget=8000, suffix_max=P.SUFFIX_MAX_TOKENS_CPU)
+    parts = PR.build_prompt(QWEN25_CODER, _count, text, off,
+                            budget=PR.PromptBudget(prompt=8000, suffix=PR.SUFFIX_MAX_TOKENS_CPU))
     n = _count(text[off:parts.suffix_end])
-    assert P.SUFFIX_MAX_TOKENS_CPU // 2 < n <= P.SUFFIX_MAX_TOKENS_CPU
-    from intarsia.server.settings import parse_settings
+    assert PR.SUFFIX_MAX_TOKENS_CPU // 2 < n <= PR.SUFFIX_MAX_TOKENS_CPU
+    from intarsia.server.lsp.settings import parse_settings
 
     s, w = parse_settings({"suffixBudgetTokens": 32})
     assert s.suffix_budget_tokens == 32 and not w
@@ -210,20 +214,20 @@ def test_prompt_start_is_stable_while_typing_nearby():
     starts = set()
     for k in range(5):
         off = text.index(f"line_{300 + k} ")
-        starts.add(P.build_prompt(QWEN25_CODER, _count, text, off, budget=400).prefix_start)
+        starts.add(PR.build_prompt(QWEN25_CODER, _count, text, off, budget=PR.PromptBudget(prompt=400)).prefix_start)
     assert len(starts) == 1, starts
 
 
 def test_prompt_with_a_huge_single_line():
     text = "x = [" + "1, " * 20000 + "]"
-    parts = P.build_prompt(QWEN25_CODER, _count, text, len(text) - 1, budget=300)
+    parts = PR.build_prompt(QWEN25_CODER, _count, text, len(text) - 1, budget=PR.PromptBudget(prompt=300))
     assert 150 <= parts.prompt_tokens <= 300  # cut by characters, close to the budget
     assert parts.prompt.endswith("<|fim_middle|>")
 
 
 def test_small_file_goes_in_whole():
     text = "def f():\n    return 1\n"
-    parts = P.build_prompt(QWEN25_CODER, _count, text, 9, budget=2000)
+    parts = PR.build_prompt(QWEN25_CODER, _count, text, 9, budget=PR.PromptBudget(prompt=2000))
     assert parts.prefix_start == 0 and parts.suffix_end == len(text)
     assert parts.prompt == QWEN25_CODER.render(text[:9], text[9:])
 
@@ -231,25 +235,25 @@ def test_small_file_goes_in_whole():
 # ------------------------------------------------------------------------------------------------ scope
 
 
-def _snap(text: str, offset: int | None = None, *, invoked: bool = False, path: str = "m.py") -> P.Snapshot:
-    doc = P.Document(f"file:///w/{path}", text, 1, "python", path=path)
+def _snap(text: str, offset: int | None = None, *, invoked: bool = False, path: str = "m.py") -> D.Snapshot:
+    doc = D.Document(f"file:///w/{path}", text, 1, "python", path=path)
     return doc.snapshot(len(text) if offset is None else offset, invoked=invoked)
 
 
 def test_scope_none_inside_an_identifier_unless_invoked():
     text = "value = compute(x)\n"
-    assert P.should_complete(_snap(text, 3), P.PipelineOptions()).scope is Scope.NONE
-    assert P.should_complete(_snap(text, 3, invoked=True), P.PipelineOptions()).scope is Scope.LINE
+    assert C.should_complete(_snap(text, 3), C.PipelineOptions()).scope is Scope.NONE
+    assert C.should_complete(_snap(text, 3, invoked=True), C.PipelineOptions()).scope is Scope.LINE
 
 
 def test_multiline_setting():
     text = "def f(x):\n    "
-    assert P.should_complete(_snap(text), P.PipelineOptions()).scope is Scope.BLOCK
-    d = P.should_complete(_snap(text), P.PipelineOptions(multiline="never"))
+    assert C.should_complete(_snap(text), C.PipelineOptions()).scope is Scope.BLOCK
+    d = C.should_complete(_snap(text), C.PipelineOptions(multiline="never"))
     assert d.scope is Scope.LINE and d.max_lines == 1
     text2 = "x = 1\ny = "
-    assert P.should_complete(_snap(text2), P.PipelineOptions()).scope is Scope.LINE
-    assert P.should_complete(_snap(text2), P.PipelineOptions(multiline="always")).scope is Scope.BLOCK
+    assert C.should_complete(_snap(text2), C.PipelineOptions()).scope is Scope.LINE
+    assert C.should_complete(_snap(text2), C.PipelineOptions(multiline="always")).scope is Scope.BLOCK
 
 
 # ------------------------------------------------------------------------------------------------ completions
@@ -258,7 +262,7 @@ def test_multiline_setting():
 def test_completion_end_to_end_with_the_test_engine():
     eng = TestEngine(table={"return ": "a + b\n"})
     src = "def add(a, b):\n    return \n"
-    out = P.run_completion(_snap(src, len(src) - 1), engine=eng, fim_format=QWEN25_CODER)
+    out = C.run_completion(_snap(src, len(src) - 1), engine=eng, fim_format=QWEN25_CODER)
     assert out.text == "a + b" and out.scope == "line"
     assert out.engine_called and not out.cancelled
     t = out.timings
@@ -268,21 +272,21 @@ def test_completion_end_to_end_with_the_test_engine():
 
 def test_completion_not_at_a_valid_position_calls_no_engine():
     eng = TestEngine(table={"val": "ue"})
-    out = P.run_completion(_snap("value = 1\n", 3), engine=eng, fim_format=QWEN25_CODER)
+    out = C.run_completion(_snap("value = 1\n", 3), engine=eng, fim_format=QWEN25_CODER)
     assert out.text == "" and out.scope == "none" and eng.calls == 0
 
 
 def test_invalid_completion_is_dropped():
     eng = TestEngine(table={"x = ": "(((("})
-    out = P.run_completion(_snap("x = "), engine=eng, fim_format=QWEN25_CODER)
+    out = C.run_completion(_snap("x = "), engine=eng, fim_format=QWEN25_CODER)
     assert out.text == "" and out.engine_called
 
 
 def test_line_scope_stops_the_engine_early():
     lines = "".join(f"y{i} = {i}\n" for i in range(40))
     eng = TestEngine(table={"x = ": "1\n" + lines})
-    out = P.run_completion(_snap("x = "), engine=eng, fim_format=QWEN25_CODER,
-                           options=P.PipelineOptions(max_tokens=2048))
+    out = C.run_completion(_snap("x = "), engine=eng, fim_format=QWEN25_CODER,
+                           options=C.PipelineOptions(max_tokens=2048))
     assert out.text == "1"
     assert out.finish_reason == "early-stop"
     assert out.new_tokens < 10  # far fewer than the ~160 tokens of the table's answer
@@ -291,8 +295,8 @@ def test_line_scope_stops_the_engine_early():
 def test_block_scope_stops_at_a_dedent():
     body = "total = 0\n    return total\nprint(f())\n" + "x = 1\n" * 40
     eng = TestEngine(table={"def f():\n    ": body})
-    out = P.run_completion(_snap("def f():\n    "), engine=eng, fim_format=QWEN25_CODER,
-                           options=P.PipelineOptions(max_tokens=2048))
+    out = C.run_completion(_snap("def f():\n    "), engine=eng, fim_format=QWEN25_CODER,
+                           options=C.PipelineOptions(max_tokens=2048))
     assert out.text.startswith("total = 0\n    return total")
     assert "print" not in out.text
     assert out.finish_reason == "early-stop" and out.new_tokens < 30
@@ -302,13 +306,13 @@ def test_cancel_before_and_during_generation():
     ev = threading.Event()
     ev.set()
     eng = TestEngine(table={"x = ": "1"})
-    out = P.run_completion(_snap("x = "), engine=eng, fim_format=QWEN25_CODER, cancel=ev)
+    out = C.run_completion(_snap("x = "), engine=eng, fim_format=QWEN25_CODER, cancel=ev)
     assert out.cancelled and out.text == "" and eng.calls == 0
 
     slow = TestEngine(table={"x = ": "1 + " * 50}, token_delay_s=0.01)
     ev2 = threading.Event()
     threading.Timer(0.05, ev2.set).start()
-    out2 = P.run_completion(_snap("x = "), engine=slow, fim_format=QWEN25_CODER, cancel=ev2)
+    out2 = C.run_completion(_snap("x = "), engine=slow, fim_format=QWEN25_CODER, cancel=ev2)
     assert out2.cancelled and out2.text == "" and out2.finish_reason == "cancelled"
     assert out2.new_tokens < 100
 
@@ -320,10 +324,10 @@ def test_engine_errors_become_empty_outcomes_but_bugs_raise():
 
             raise EngineError("out of memory")
 
-    out = P.run_completion(_snap("x = "), engine=Broken(), fim_format=QWEN25_CODER)
+    out = C.run_completion(_snap("x = "), engine=Broken(), fim_format=QWEN25_CODER)
     assert out.text == "" and "out of memory" in out.reason
     with pytest.raises(RuntimeError, match="boom"):
-        P.run_completion(_snap("x = "), engine=TestEngine(table={"x = ": "!raise boom"}), fim_format=QWEN25_CODER)
+        C.run_completion(_snap("x = "), engine=TestEngine(table={"x = ": "!raise boom"}), fim_format=QWEN25_CODER)
 
 
 def test_repository_context_reaches_the_prompt():
@@ -333,8 +337,8 @@ def test_repository_context_reaches_the_prompt():
             return [RepoFile("lib/util.py", "def helper():\n    return 42\n")]
 
     eng = TestEngine(table={"x = ": "helper()"})
-    out = P.run_completion(_snap("x = "), engine=eng, fim_format=QWEN25_CODER, context=Ctx(),
-                           options=P.PipelineOptions(context_budget_tokens=77, repo_name="proj"))
+    out = C.run_completion(_snap("x = "), engine=eng, fim_format=QWEN25_CODER, context=Ctx(),
+                           options=C.PipelineOptions(budget=PR.PromptBudget(context=77), repo_name="proj"))
     assert out.context_files == ("lib/util.py",)
     assert eng.last_prompt.startswith("<|repo_name|>proj\n<|file_sep|>lib/util.py\ndef helper()")
 
@@ -355,12 +359,12 @@ def other():
 
 
 def test_function_target_python():
-    t = P.find_function_target(PY_FN, PY_FN.index("def area") + 4, PY)
-    assert isinstance(t, P.FunctionTarget) and t.name == "area"
+    t = F.find_function_target(PY_FN, PY_FN.index("def area") + 4, PY)
+    assert isinstance(t, F.FunctionTarget) and t.name == "area"
     assert PY_FN[t.start:t.end] == "\n    pass"
     assert t.lead == "\n    "
     # The cursor inside the docstring also works.
-    assert isinstance(P.find_function_target(PY_FN, PY_FN.index("Area"), PY), P.FunctionTarget)
+    assert isinstance(F.find_function_target(PY_FN, PY_FN.index("Area"), PY), F.FunctionTarget)
 
 
 @pytest.mark.parametrize("src, msg", [
@@ -369,20 +373,20 @@ def test_function_target_python():
     ("x = 1\n", "not on or in a function"),
 ])
 def test_function_target_refusals(src, msg):
-    r = P.find_function_target(src, 2, PY)
+    r = F.find_function_target(src, 2, PY)
     assert isinstance(r, str) and msg in r
 
 
 def test_generate_function_body_is_syntax_checked():
     snap = _snap(PY_FN, PY_FN.index("def area") + 5, invoked=True)
     good = TestEngine(table={'radius."""\n    ': "return math.pi * radius ** 2\n\n\ndef junk():\n    pass\n"})
-    out = P.generate_function(snap, engine=good, fim_format=QWEN25_CODER)
+    out = F.generate_function(snap, engine=good, fim_format=QWEN25_CODER)
     assert out.ok, out.reason
     new = PY_FN[:out.start] + out.new_text + PY_FN[out.end:]
     assert '"""Area of a circle of this radius."""\n    return math.pi * radius ** 2\n\n\ndef other' in new
     assert "junk" not in new
     bad = TestEngine(table={'radius."""\n    ': "return (((\n"})
-    out2 = P.generate_function(snap, engine=bad, fim_format=QWEN25_CODER)
+    out2 = F.generate_function(snap, engine=bad, fim_format=QWEN25_CODER)
     assert not out2.ok and "no syntactically valid body" in out2.reason
 
 
@@ -390,7 +394,7 @@ def test_generate_function_keeps_crlf():
     src = PY_FN.replace("\n", "\r\n")
     snap = _snap(src, src.index("def area") + 5, invoked=True)
     eng = TestEngine(table={'radius."""\r\n    ': "return radius * radius\r\n"})
-    out = P.generate_function(snap, engine=eng, fim_format=QWEN25_CODER)
+    out = F.generate_function(snap, engine=eng, fim_format=QWEN25_CODER)
     assert out.ok, out.reason
     assert out.new_text == "\r\n    return radius * radius"
 
@@ -400,12 +404,12 @@ def test_generate_function_brace_language():
     if js is None:
         pytest.skip("tree-sitter-language-pack has no javascript grammar here")
     src = "/** Add two numbers. */\nfunction add(a, b) {\n}\n\nfunction noDoc() {\n}\n"
-    doc = P.Document("file:///w/a.js", src, 1, "javascript", path="a.js")
-    t = P.find_function_target(src, src.index("add"), js)
-    assert isinstance(t, P.FunctionTarget) and t.lead == "\n    " and t.trail == "\n"
-    assert "no doc comment" in P.find_function_target(src, src.index("noDoc"), js)
+    doc = D.Document("file:///w/a.js", src, 1, "javascript", path="a.js")
+    t = F.find_function_target(src, src.index("add"), js)
+    assert isinstance(t, F.FunctionTarget) and t.lead == "\n    " and t.trail == "\n"
+    assert "no doc comment" in F.find_function_target(src, src.index("noDoc"), js)
     eng = TestEngine(table={"function add(a, b) {\n    ": "return a + b;\n}\n"})
-    out = P.generate_function(doc.snapshot(src.index("add")), engine=eng, fim_format=QWEN25_CODER)
+    out = F.generate_function(doc.snapshot(src.index("add")), engine=eng, fim_format=QWEN25_CODER)
     assert out.ok, out.reason
     assert src[:out.start] + out.new_text + src[out.end:] == \
         "/** Add two numbers. */\nfunction add(a, b) {\n    return a + b;\n}\n\nfunction noDoc() {\n}\n"

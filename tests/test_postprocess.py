@@ -12,9 +12,12 @@ from intarsia.grammars import (
     Scope,
     choose,
     completion_scope,
+    cursor_context,
     get_language,
     postprocess,
+    scope_for_context,
 )
+from intarsia.grammars.validate import compile_error
 
 PY = get_language("python")
 
@@ -371,6 +374,34 @@ def test_stale_parsed_document_is_ignored():
     assert r.text == "    x += 1\n"
 
 
+def test_context_built_for_the_scope_is_passed_to_postprocess():
+    # The server flow: one cursor analysis, handed from the scope decision to post-processing explicitly.
+    text, off = at("import os\n\ndef f(x):\n    y = os.path.join(x)\n|    return y\n")
+    doc = ParsedDocument(text, PY)
+    raw = "    y += '/'\n    return y\n"
+    ctx = cursor_context(text, off, PY, doc)
+    decision = scope_for_context(ctx, invoked=True)
+    assert decision == completion_scope(text, off, PY, tree=doc, invoked=True)
+    a = postprocess(text, off, raw, language=PY, scope=decision.scope, context=ctx)
+    b = postprocess(text, off, raw, language=PY, scope=decision.scope, tree=doc)
+    assert a == b and a.text == "    y += '/'\n"
+    # An equal copy of the text is the same document; the tree argument is not needed with a context.
+    assert postprocess((text + " ")[:-1], off, raw, language=PY, scope=decision.scope, context=ctx) == a
+    c = choose(text, off, ["[[", raw], language=PY, scope=decision.scope, context=ctx)
+    assert c.text == a.text
+
+
+def test_context_for_another_cursor_is_refused():
+    text, off = at("def f(x):\n|    return x\n")
+    ctx = cursor_context(text, off, PY)
+    with pytest.raises(ValueError, match="context"):
+        postprocess(text, off + 1, "    x += 1\n", language=PY, scope=Scope.BLOCK, context=ctx)
+    with pytest.raises(ValueError, match="context"):
+        postprocess(text + "\n", off, "    x += 1\n", language=PY, scope=Scope.BLOCK, context=ctx)
+    with pytest.raises(ValueError, match="context"):
+        choose(text, off, ["    x += 1\n"], language=None, scope=Scope.BLOCK, context=ctx)
+
+
 def test_no_grammar_falls_back_to_bracket_rules():
     r = run("let x = foo(|);\n", "a, b));", language=None)
     assert r.text == "a, b" and "heuristics" in r.reason
@@ -620,10 +651,7 @@ def test_compile_verdict_is_the_parsers_own():
     # The fast path (the symbol table pass) must answer exactly what the parser alone answers: its own
     # semantic errors are not syntax errors of a piece of a file.
     import ast
-    import importlib
     import warnings
-
-    pp = importlib.import_module("intarsia.grammars.postprocess")
 
     def parser_only(src):
         try:
@@ -649,9 +677,9 @@ def test_compile_verdict_is_the_parsers_own():
         'p = "\\d+"\n',
     ]
     for src in sources:
-        assert pp._compile_error(src) == parser_only(src), src
-    assert pp._compile_error("nonlocal x\n") is None
-    assert pp._compile_error("if x:\npass\n")[0].startswith("expected an indented block")
+        assert compile_error(src) == parser_only(src), src
+    assert compile_error("nonlocal x\n") is None
+    assert compile_error("if x:\npass\n")[0].startswith("expected an indented block")
 
 
 def test_indentation_unit_on_the_first_line():

@@ -35,15 +35,15 @@ def test_default_build_serves_the_fim_adapter_and_off_is_the_plain_model(built):
     from intarsia.model.fim import QWEN25_CODER
     from intarsia.model.ort_engine import OrtEngine
     from intarsia.model.shipped import adapter_dir_for
-    from intarsia.server.engines import FIM_ADAPTER, load_engine
-    from intarsia.server.settings import Settings
+    from intarsia.model.factory import FIM_ADAPTER, open_engine
+    from intarsia.server.lsp.settings import Settings
 
     assert built.fim_adapter is not None and built.fim_adapter.is_file()
     assert adapter_dir_for("qwen2.5-coder-0.5b").name in built.fim_adapter.name
     reqs = [GenerationRequest(prompt=QWEN25_CODER.render(p, s), max_new_tokens=48, stop=QWEN25_CODER.stop_strings)
             for p, s in GAPS]
 
-    on = load_engine(Settings(engine="ort", device="cpu"))
+    on = open_engine(Settings(engine="ort", device="cpu").engine_spec(None))
     try:
         assert on.engine.default_adapter == FIM_ADAPTER
         adapted = [on.engine.generate(r) for r in reqs]
@@ -52,7 +52,7 @@ def test_default_build_serves_the_fim_adapter_and_off_is_the_plain_model(built):
     stopped = [r.finish_reason in (FINISH_EOS, FINISH_STOP) for r in adapted]
     assert all(stopped), [(r.text, r.finish_reason) for r in adapted]
 
-    off = load_engine(Settings(engine="ort", device="cpu", fim_adapter=False))
+    off = open_engine(Settings(engine="ort", device="cpu", fim_adapter=False).engine_spec(None))
     try:
         assert off.engine.default_adapter is None
         plain_served = [off.engine.generate(r).text for r in reqs]

@@ -34,13 +34,14 @@ def parses(prob: dict, middle: str) -> bool:
 def outcomes():
     from intarsia.grammars import get_language
     from intarsia.model.fim import QWEN25_CODER
-    from intarsia.server.engines import FIM_ADAPTER, load_engine
-    from intarsia.server.pipeline import PipelineOptions, Snapshot, run_completion
-    from intarsia.server.settings import Settings
+    from intarsia.model.factory import FIM_ADAPTER, open_engine
+    from intarsia.server.core.completion import PipelineOptions, run_completion
+    from intarsia.server.core.documents import Snapshot
+    from intarsia.server.lsp.settings import Settings
 
     problems = [json.loads(line) for line in SLICE.read_text().splitlines()]
     py = get_language("python")
-    loaded = load_engine(Settings(engine="ort", device="cpu"))
+    loaded = open_engine(Settings(engine="ort", device="cpu").engine_spec(None))
     try:
         assert loaded.engine.default_adapter == FIM_ADAPTER  # what the server serves by default
         out = []

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from intarsia.server.acceptance import (
+from intarsia.server.core.acceptance import (
     AcceptanceLog,
     AcceptanceTracker,
     fuzzy_distance,

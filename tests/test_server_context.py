@@ -8,18 +8,10 @@ from collections import Counter
 import pytest
 
 from intarsia.grammars.registry import get_language
-from intarsia.server import pipeline as P
-from intarsia.server.context import (
-    BM25,
-    ContextProvider,
-    RepoIndex,
-    chunk_text,
-    list_files,
-    query_terms,
-    read_text_file,
-    terms,
-)
-from intarsia.server.engines import TestEngine
+from intarsia.server.core import documents as D
+from intarsia.server.core.context import BM25, ContextProvider, RepoIndex, chunk_text, query_terms, terms
+from intarsia.server.core.files import list_files, read_text_file
+from intarsia.model.test_engine import TestEngine
 
 PY = get_language("python")
 
@@ -157,7 +149,7 @@ def test_index_updates_on_save(tmp_path):
 
 
 def _snapshot(text, path="src/app.py", neighbors=()):
-    doc = P.Document(f"file:///ws/{path}", text, 1, "python", path=path)
+    doc = D.Document(f"file:///ws/{path}", text, 1, "python", path=path)
     return doc.snapshot(len(text), neighbors=neighbors)
 
 
@@ -185,7 +177,7 @@ def test_open_documents_win_over_the_saved_version_and_duplicates_go(tmp_path):
     idx.build()
     prov = ContextProvider(idx)
     edited = GEOMETRY.replace("total = 0.0", "total = 0.0  # edited, unsaved")
-    neighbors = (P.NeighborDoc("src/geometry.py", 7, edited), P.NeighborDoc("copy.py", 1, GEOMETRY))
+    neighbors = (D.NeighborDoc("src/geometry.py", 7, edited), D.NeighborDoc("copy.py", 1, GEOMETRY))
     files = prov.select(_snapshot("x = polygon_perimeter(pts)\n", neighbors=neighbors), 1000,
                         TestEngine().count_tokens)
     text = "".join(f.content for f in files)

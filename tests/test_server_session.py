@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from intarsia.server.settings import parse_settings
-from intarsia.server.worker import NullUI, Session
+from intarsia.server.lsp.settings import parse_settings
+from intarsia.server.lsp.host import NullUI
+from intarsia.server.lsp.session import Session
 
 pytestmark = pytest.mark.asyncio
 
@@ -29,8 +30,8 @@ def _session(tmp_path, table=None, **extra) -> Session:
 async def _ready(s: Session, timeout: float = 5.0) -> None:
     s.start()
     t0 = time.monotonic()
-    while s.engine_state != "ready":
-        assert s.engine_state != "failed", s.engine_error
+    while s.host.state != "ready":
+        assert s.host.state != "failed", s.host.error
         assert time.monotonic() - t0 < timeout
         await asyncio.sleep(0.01)
 
@@ -47,7 +48,7 @@ async def test_not_ready_answers_empty_at_once(tmp_path, cache_dir):
     t0 = time.perf_counter()
     assert await s.complete(URI, 1, 11) is None
     assert time.perf_counter() - t0 < 0.25
-    assert s.counters["not_ready"] == 1 and s.engine_state == "loading"
+    assert s.counters["not_ready"] == 1 and s.host.state == "loading"
     await _ready(s)
     sug = await s.complete(URI, 1, 11)
     assert sug is not None and sug.text == "a + b" and sug.source == "model"
@@ -82,8 +83,8 @@ async def test_cancelled_task_stops_the_engine(tmp_path, cache_dir):
     assert s.counters["cancelled"] == 1
     # The model thread is free again quickly (the generation would have taken 4 s).
     s.update_settings({"test": {"tokenDelayMs": 0, "table": {"return ": "a"}}}, reload=False)
-    s.loaded.engine.token_delay_s = 0.0
-    s.loaded.engine.table = [("return ", "a")]
+    s.host.loaded.engine.token_delay_s = 0.0
+    s.host.loaded.engine.table = [("return ", "a")]
     t0 = time.perf_counter()
     sug = await s.complete(URI, 1, 11, invoked=True)
     assert sug is not None and sug.text == "a"
@@ -101,10 +102,10 @@ async def test_stale_result_is_dropped_but_cached(tmp_path, cache_dir):
     assert await task is None
     assert s.counters["stale"] == 1
     # The next request is answered from the typed-ahead cache: the rest, no model call.
-    calls = s.loaded.engine.calls
+    calls = s.host.loaded.engine.calls
     sug = await s.complete(URI, 1, 12)
     assert sug is not None and sug.text == " + b" and sug.source == "cache"
-    assert s.loaded.engine.calls == calls
+    assert s.host.loaded.engine.calls == calls
     await s.shutdown()
 
 
@@ -257,8 +258,8 @@ async def test_failed_load_is_reported_once(tmp_path, cache_dir):
     ui = NullUI()
     s = Session(settings=settings, ui=ui)
     s.start()
-    await s._load_task
-    assert s.engine_state == "failed" and s.engine_error
+    await s.host._task
+    assert s.host.state == "failed" and s.host.error
     await s.reload()
     errors = [m for lvl, m in ui.messages if lvl == "error"]
     assert len(errors) == 1
@@ -268,16 +269,17 @@ async def test_failed_load_is_reported_once(tmp_path, cache_dir):
 
 
 async def test_suffix_budget_is_short_on_a_cpu_engine_unless_set(tmp_path, cache_dir):
-    from intarsia.server import pipeline
+    from intarsia.server.core import prompt as PR
 
     s = _session(tmp_path)
     await _ready(s)
-    assert s.options().suffix_budget_tokens == pipeline.SUFFIX_MAX_TOKENS  # the test engine runs on no CPU provider
-    s.loaded.engine.provider = "cpu"  # what OrtEngine reports on a CPU
-    assert s.options().suffix_budget_tokens == pipeline.SUFFIX_MAX_TOKENS_CPU
+    s.host.loaded.engine.provider = "gpu"  # an engine that does not run on the CPU
+    assert s.options().budget.suffix == PR.SUFFIX_MAX_TOKENS
+    s.host.loaded.engine.provider = "cpu"  # what OrtEngine reports on a CPU
+    assert s.options().budget.suffix == PR.PromptBudget.served("cpu").suffix == PR.SUFFIX_MAX_TOKENS_CPU
     s2 = _session(tmp_path, suffixBudgetTokens=100)
     await _ready(s2)
-    s2.loaded.engine.provider = "cpu"
-    assert s2.options().suffix_budget_tokens == 100
+    s2.host.loaded.engine.provider = "cpu"
+    assert s2.options().budget.suffix == 100
     await s.shutdown()
     await s2.shutdown()

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intarsia.server import transport as T
+from intarsia.server.lsp import transport as T
 from test_server_lsp import SERVER
 from test_server_robustness import RawClient
 

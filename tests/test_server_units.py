@@ -8,10 +8,12 @@ import time
 import pytest
 
 from intarsia.model.errors import IntarsiaError, ModelNotFoundError
-from intarsia.server.cache import TypedAheadCache
-from intarsia.server.engines import TestEngine, load_engine
-from intarsia.server.settings import Settings, parse_settings
-from intarsia.server.worker import Debouncer, JobCancelled, ModelWorker
+from intarsia.server.lsp.cache import TypedAheadCache
+from intarsia.model.factory import open_engine
+from intarsia.model.test_engine import TestEngine
+from intarsia.server.lsp.settings import Settings, parse_settings
+from intarsia.server.lsp.executor import JobCancelled, ModelWorker
+from intarsia.server.lsp.session import Debouncer
 
 # ------------------------------------------------------------------------------------------------ settings
 
@@ -205,7 +207,7 @@ def test_only_one_model_thread():
 
 def test_load_test_engine():
     s, _ = parse_settings({"engine": "test", "test": {"table": {"a": "b"}, "tokenDelayMs": 2}})
-    got = load_engine(s)
+    got = open_engine(s.engine_spec(None))
     assert isinstance(got.engine, TestEngine) and got.fim_format.name == "qwen2.5-coder"
     assert got.engine.token_delay_s == pytest.approx(0.002) and got.engine.table == [("a", "b")]
 
@@ -217,18 +219,18 @@ def test_load_reports_progress_and_can_be_cancelled():
     seen = []
     t0 = time.monotonic()
     with pytest.raises(IntarsiaError, match="cancelled"):
-        load_engine(s, progress=lambda m, p: seen.append((m, p)), cancel=ev)
+        open_engine(s.engine_spec(None), progress=lambda m, p: seen.append((m, p)), cancel=ev)
     assert time.monotonic() - t0 < 1.0 and seen and seen[0][1] == 0
 
 
 def test_missing_model_names_the_build_command(tmp_path, isolated_cache):
     s, _ = parse_settings({"engine": "ort", "model": "qwen2.5-coder-0.5b"})
     with pytest.raises(ModelNotFoundError, match="intarsia model build qwen2.5-coder-0.5b"):
-        load_engine(s)
+        open_engine(s.engine_spec(None))
 
 
 def test_remote_needs_an_endpoint():
     with pytest.raises(IntarsiaError, match="remoteEndpoint"):
-        load_engine(Settings(engine="remote"))
-    got = load_engine(Settings(engine="remote", remote_endpoint="http://127.0.0.1:9"))
+        open_engine(Settings(engine="remote").engine_spec(None))
+    got = open_engine(Settings(engine="remote", remote_endpoint="http://127.0.0.1:9").engine_spec(None))
     assert got.engine.name == "remote"

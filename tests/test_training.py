@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from intarsia.model.errors import IntarsiaError
+from intarsia.server.core.prompt import PromptBudget
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -24,8 +24,15 @@ pytest.importorskip("detect_secrets")
 
 from intarsia.training import crawl as crawl_mod  # noqa: E402
 from intarsia.training.crawl import CrawlError, crawl  # noqa: E402
-from intarsia.training.examples import (Example, RenderOptions, accepted_examples, file_examples,  # noqa: E402
-                                        make_context, render_example, split_files)
+from intarsia.training.examples import (  # noqa: E402
+    Example,
+    RenderOptions,
+    accepted_examples,
+    file_examples,
+    make_context,
+    render_example,
+    split_files,
+)
 
 AWS = "AKIAIOSFODNN7EXAMPLE"
 PASSWORD = "hunter2-xyzzy-plugh-42"
@@ -124,10 +131,9 @@ def test_crawl_keeps_sources_and_says_why_it_skips(tmp_path, git):
 
 
 def test_planted_secrets_never_reach_examples_or_prompts(repo):
-    from transformers import AutoTokenizer
-
     from intarsia.model.fim import QWEN25_CODER
     from tiny import tokenizer_dir
+    from transformers import AutoTokenizer
 
     res = crawl(repo)
     settings = next(f for f in res.files if f.rel == "shop/settings.py")
@@ -138,8 +144,8 @@ def test_planted_secrets_never_reach_examples_or_prompts(repo):
     count = lambda s: len(tok(s)["input_ids"])  # noqa: E731
     ctx = make_context(repo, res.files)
     for i, e in enumerate(exs):
-        prompt = render_example(e, QWEN25_CODER, count, RenderOptions(prompt_tokens=512, context_tokens=256), ctx,
-                                repo, uid=str(i))
+        prompt = render_example(e, QWEN25_CODER, count, PromptBudget(prompt=512, context=256), ctx, repo,
+                                uid=str(i))
         for secret in (AWS, PASSWORD, GH_TOKEN, PRIVATE, "abcdef0123456789"):
             assert secret not in e.text and secret not in prompt
 
@@ -179,7 +185,7 @@ def test_unreadable_or_empty_repositories_give_clear_errors(tmp_path):
 
 def test_spans_are_tree_sitter_nodes_and_docstring_cut_as_served(repo):
     from intarsia.grammars.registry import get_language
-    from intarsia.server.pipeline import find_function_target
+    from intarsia.server.core.functions import find_function_target
 
     res = crawl(repo)
     py = get_language("python")
@@ -239,10 +245,10 @@ def test_kind_weights_and_prompt_forms(repo):
     count = lambda s: len(s.split())  # noqa: E731
     ex = only[0]
     ctx = make_context(repo, crawl(repo).files)
-    opts = RenderOptions(prompt_tokens=400, context_tokens=120, repo_name="shop")
-    bare = render_example(ex, QWEN25_CODER, count, opts, ctx, repo, mode="bare")
-    path = render_example(ex, QWEN25_CODER, count, opts, ctx, repo, mode="path")
-    full = render_example(ex, QWEN25_CODER, count, opts, ctx, repo, mode="context")
+    budget = PromptBudget(prompt=400, context=120)
+    bare = render_example(ex, QWEN25_CODER, count, budget, ctx, repo, mode="bare", repo_name="shop")
+    path = render_example(ex, QWEN25_CODER, count, budget, ctx, repo, mode="path", repo_name="shop")
+    full = render_example(ex, QWEN25_CODER, count, budget, ctx, repo, mode="context", repo_name="shop")
     assert bare.startswith("<|fim_prefix|>") and "<|file_sep|>" not in bare
     assert path.startswith("<|repo_name|>shop\n<|file_sep|>shop/mod2.py\n<|fim_prefix|>")
     assert full.count("<|file_sep|>") > 1 and full.endswith("<|fim_middle|>")
@@ -301,9 +307,8 @@ def tiny_hf(tmp_path_factory):
 
 
 def _toy_examples(tiny_hf, n=24):
-    from transformers import AutoTokenizer
-
     from intarsia.training.trainer import tokenize
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_hf))
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -312,9 +317,8 @@ def _toy_examples(tiny_hf, n=24):
 
 
 def test_packing_keeps_examples_apart(tiny_hf):
-    from transformers import AutoModelForCausalLM
-
     from intarsia.training.trainer import _sequence, pack
+    from transformers import AutoModelForCausalLM
 
     exs = _toy_examples(tiny_hf, 6)
     bins = pack(exs, 3 * len(exs[0].ids))
@@ -449,7 +453,7 @@ def test_train_end_to_end_gate_keeps_the_served_model_and_never_touches_the_repo
     monkeypatch.setenv("INTARSIA_CACHE", str(cache))
     before = tree_digest(repo)
     opts = TrainOptions(base=str(tiny_hf), device="cpu", held_out=0.3, eval_next_line=6, eval_fim=3,
-                        perplexity_examples=4, render=RenderOptions(prompt_tokens=384, context_tokens=96),
+                        perplexity_examples=4, render=RenderOptions(budget=PromptBudget(prompt=384, context=96)),
                         config=TrainConfig(context_length=512, batch_tokens=1024, max_steps=3), progress=False)
     report = train_repository(repo, opts)
     assert tree_digest(repo) == before  # training only reads the repository
@@ -473,12 +477,12 @@ def test_train_end_to_end_gate_keeps_the_served_model_and_never_touches_the_repo
 
 
 def test_server_swaps_to_a_promoted_adapter_between_requests(repo, tiny_hf, tiny_built, monkeypatch):
-    """load_engine serves the workspace's promoted adapter; a promotion or a rollback is swapped in."""
+    """open_engine serves the workspace's promoted adapter; a promotion or a rollback is swapped in."""
     from intarsia.model.engine import GenerationRequest
+    from intarsia.model.factory import open_engine
     from intarsia.model.registry import resolve_source
     from intarsia.model.trained import AdapterStore
-    from intarsia.server.engines import load_engine, swap_trained_adapter
-    from intarsia.server.settings import Settings
+    from intarsia.server.lsp.settings import Settings
 
     cache, built = tiny_built
     monkeypatch.setenv("INTARSIA_CACHE", str(cache))
@@ -486,7 +490,7 @@ def test_server_swaps_to_a_promoted_adapter_between_requests(repo, tiny_hf, tiny
     v = store.add_version(_peft_dir(tiny_hf, repo.parent / "peft", 5), {"scores": {}})
     store.promote(v.name)
     settings = Settings(engine="ort", model=str(tiny_hf), device="cpu")
-    loaded = load_engine(settings, workspace=str(repo))
+    loaded = open_engine(settings.engine_spec(str(repo)))
     try:
         eng = loaded.engine
         assert loaded.trained_version == v.name and eng.default_adapter == f"trained-{v.name}"
@@ -496,15 +500,14 @@ def test_server_swaps_to_a_promoted_adapter_between_requests(repo, tiny_hf, tiny
         assert adapted == eng.generate(req).text
         store.rollback()
         assert store.stamp() != loaded.trained_stamp
-        assert swap_trained_adapter(loaded) is None and eng.default_adapter is None
+        assert loaded.swap_trained() is None and eng.default_adapter is None
         assert eng.generate(req).text == base and f"trained-{v.name}" not in eng.adapter_names
         store.promote(v.name)
-        assert swap_trained_adapter(loaded) == v.name and eng.generate(req).text == adapted
+        assert loaded.swap_trained() == v.name and eng.generate(req).text == adapted
     finally:
         loaded.engine.close()
     # an explicit adapter setting, or trainedAdapter: false, serves no trained adapter
-    off = load_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu", trained_adapter=False),
-                      workspace=str(repo))
+    off = open_engine(Settings(engine="ort", model=str(tiny_hf), device="cpu", trained_adapter=False).engine_spec(str(repo)))
     try:
         assert off.store is None and off.engine.default_adapter is None
     finally:
@@ -530,36 +533,80 @@ def test_cli_dry_run_and_errors(repo, tmp_path, capsys):
 
 
 @pytest.mark.asyncio
-async def test_session_notices_a_promotion_at_its_next_request(repo, tiny_hf, tiny_built, monkeypatch):
+async def test_session_notices_a_promotion(repo, tiny_hf, tiny_built, monkeypatch):
     import asyncio
 
+    from intarsia.model.factory import open_engine
     from intarsia.model.registry import resolve_source
     from intarsia.model.trained import AdapterStore
-    from intarsia.server.engines import load_engine
-    from intarsia.server.settings import Settings
-    from intarsia.server.worker import Session
+    from intarsia.server.lsp.session import Session
+    from intarsia.server.lsp.settings import Settings
 
     cache, _ = tiny_built
     monkeypatch.setenv("INTARSIA_CACHE", str(cache))
     settings = Settings(engine="ort", model=str(tiny_hf), device="cpu", acceptance_log=False)
     session = Session(settings=settings, root=str(repo))
     session._loop = asyncio.get_running_loop()
-    session.loaded = load_engine(settings, workspace=str(repo))
-    session.engine_state = "ready"
+    session.host.loaded = open_engine(settings.engine_spec(str(repo)))
+    session.host.state = "ready"
     try:
         assert session.status()["trained_adapter"] is None
-        assert session.check_trained_adapter(force=True) is None  # nothing promoted: nothing to do
+        assert session.host.check_trained_adapter() is None  # nothing promoted: nothing to do
         store = AdapterStore(repo, resolve_source(str(tiny_hf)).cache_name)
         v = store.add_version(_peft_dir(tiny_hf, repo.parent / "peft-s", 7), {"scores": {}})
         store.promote(v.name)
-        job = session.check_trained_adapter(force=True)
+        job = session.host.check_trained_adapter()
         assert job is not None
         assert await asyncio.wrap_future(job.future) == v.name
         assert session.status()["trained_adapter"] == v.name
-        assert session.loaded.engine.default_adapter == f"trained-{v.name}"
-        assert session.check_trained_adapter(force=True) is None  # the stamp is current now
+        assert session.host.loaded.engine.default_adapter == f"trained-{v.name}"
+        assert session.host.check_trained_adapter() is None  # the stamp is current now
         store.rollback()
-        job = session.check_trained_adapter(force=True)
+        job = session.host.check_trained_adapter()
         assert await asyncio.wrap_future(job.future) is None and session.status()["trained_adapter"] is None
     finally:
         await session.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_a_running_session_swaps_to_a_promotion_without_a_request(repo, tiny_hf, tiny_built, monkeypatch):
+    """The host looks at the store's pointer on a timer: no completion request starts a swap."""
+    import asyncio
+
+    from intarsia.model.registry import resolve_source
+    from intarsia.model.trained import AdapterStore
+    from intarsia.server.lsp.session import Session
+    from intarsia.server.lsp.settings import Settings
+
+    cache, _ = tiny_built
+    monkeypatch.setenv("INTARSIA_CACHE", str(cache))
+    session = Session(settings=Settings(engine="ort", model=str(tiny_hf), device="cpu", acceptance_log=False,
+                                        context_budget_tokens=0), root=str(repo))
+    session.start()
+    try:
+        await session.host._task
+        assert session.host.ready and session.status()["trained_adapter"] is None
+        store = AdapterStore(repo, resolve_source(str(tiny_hf)).cache_name)
+        v = store.add_version(_peft_dir(tiny_hf, repo.parent / "peft-t", 9), {"scores": {}})
+        store.promote(v.name)
+        for _ in range(100):
+            if session.status()["trained_adapter"] == v.name:
+                break
+            await asyncio.sleep(0.05)
+        assert session.status()["trained_adapter"] == v.name
+        assert session.counters["requests"] == 0
+    finally:
+        await session.shutdown()
+
+
+def test_training_renders_and_judges_with_the_served_budget():
+    """One budget definition: what `intarsia train` renders its examples and gates its candidates with is what the
+    server's settings give on the same device."""
+    from intarsia.server.lsp.settings import Settings
+    from intarsia.training.evaluate import EvalSettings
+    from intarsia.training.run import TrainOptions, served_budget
+
+    for device in ("cpu", "cuda"):
+        assert served_budget(TrainOptions(), device) == Settings().budget(device)
+    assert EvalSettings().budget == Settings().budget("cpu")
+    assert served_budget(TrainOptions(device="cpu"), "cpu").suffix == 48  # the server's CPU suffix

@@ -8,7 +8,7 @@ output), minified files, oversized files, files that are not UTF-8 text, exact d
 pointing outside the repository would put a file such as ~/.ssh/id_rsa into training data). Every kept file is
 scanned with detect-secrets; a flagged line has its string literals and the flagged value replaced by a mask, and
 the line is scanned again; a file whose secret cannot be masked (a private key block, say) is dropped whole. The
-repository is only read, never written, and git runs only through `server.git`, which keeps the repository's
+repository is only read, never written, and git runs only through `server.core.git`, which keeps the repository's
 configuration from running any program (fsmonitor, hooks, filters, gpg, textconv).
 """
 
@@ -21,13 +21,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from intarsia.grammars.registry import language_for_path
 from intarsia.model.errors import IntarsiaError
-
-if TYPE_CHECKING:
-    from intarsia.server.context import Confinement
+from intarsia.server.core.files import SKIP_NAMES, SKIP_SUFFIXES, VENDORED_DIRS, Confinement, list_files
+from intarsia.server.core.git import run_git
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,6 @@ def _similar(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 
 def _is_git(root: Path) -> bool:
-    from intarsia.server.git import run_git
 
     got = run_git(root, "rev-parse", "--is-inside-work-tree")
     return got is not None and got.ok and got.stdout.strip() == b"true"
@@ -171,7 +169,6 @@ def _link_reason(confine: "Confinement", rel: str) -> Optional[str]:
 
 
 def _skip_reason(rel: str) -> Optional[str]:
-    from intarsia.server.context import SKIP_NAMES, SKIP_SUFFIXES, VENDORED_DIRS
 
     if rel.endswith("/"):
         return "vendored or hidden folder"
@@ -191,7 +188,6 @@ def _skip_reason(rel: str) -> Optional[str]:
 def crawl(root: Path | str, *, max_file_bytes: int = MAX_FILE_BYTES, languages: Optional[set[str]] = None,
           near_duplicate: float = 0.85, progress: bool = False) -> CrawlResult:
     """See the module docstring. Raises CrawlError for an unreadable repository or one with nothing to train on."""
-    from intarsia.server.context import Confinement, list_files
 
     root = Path(root).expanduser()
     if not root.exists():
@@ -288,7 +284,6 @@ def crawl(root: Path | str, *, max_file_bytes: int = MAX_FILE_BYTES, languages: 
 
 def recent_files(root: Path, commits: int) -> list[str]:
     """Files changed by the newest `commits` commits (for a held-out split by recency); [] outside git."""
-    from intarsia.server.git import run_git
 
     if commits <= 0 or not _is_git(root):
         return []

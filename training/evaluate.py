@@ -5,7 +5,7 @@ Samples come from held-out files only:
   indentation, the rest of the file follows (the editor's "type the next line");
 - `fim`: a statement or block of 2-8 lines removed from a function body, cursor where it started.
 
-Each sample is completed by `server.pipeline.run_completion` (scope, prompt within the budget, the same repository
+Each sample is completed by `server.core.completion.run_completion` (scope, prompt within the budget, the same repository
 context as the server, the ONNX Runtime engine with the adapter selected per request, the grammar post-processing)
 and scored by exact match (whitespace at line ends ignored) and edit similarity (difflib ratio); `shown` is the
 share of samples where a syntactically valid suggestion came out, `parses` the share of non-empty suggestions that
@@ -23,17 +23,20 @@ import json
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import tree_sitter
-
 from intarsia.grammars.registry import get_language
 from intarsia.model.trust import check_hf_folder, check_peft_folder
+from intarsia.server.core.completion import PipelineOptions, run_completion
+from intarsia.server.core.documents import Snapshot
+from intarsia.server.core.prompt import PromptBudget
 
 from .crawl import SourceFile
-from .examples import _Doc
+from .examples import ParsedFile
+from .trainer import perplexity
 
 FUNCTION_TYPES = frozenset({"function_definition", "function_declaration", "method_definition", "method_declaration",
                             "function_item", "arrow_function", "function_expression", "constructor_declaration"})
@@ -65,7 +68,7 @@ def eval_samples(files: Sequence[SourceFile], *, next_line: int = 40, fim: int =
         lang = get_language(f.language)
         if lang is None:
             continue
-        doc = _Doc(f, lang)
+        doc = ParsedFile(f, lang)
         for node in doc.captures("statements", "statement"):
             if node.has_error or not _in_function(node):
                 continue
@@ -94,9 +97,10 @@ def _norm(text: str) -> str:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    prompt_tokens: int = 1024
-    context_tokens: int = 256
-    suffix_tokens: int = 256
+    """How held-out samples are completed: within the budget the server uses on the device the adapter will be
+    served on (`PromptBudget.served`), so the gate judges the prompts users get."""
+
+    budget: PromptBudget = PromptBudget.served("cpu")
     max_tokens_line: int = 48
     max_tokens_fim: int = 128
 
@@ -105,8 +109,6 @@ def evaluate(engine, fmt, samples: Sequence[EvalSample], *, adapter: Optional[st
              context=None, settings: EvalSettings = EvalSettings(), repo_name: Optional[str] = None,
              progress: bool = False, label: str = "eval") -> dict:
     """Scores of one model variant (`adapter`: an engine adapter name, or BASE for the base model)."""
-    from intarsia.server.pipeline import PipelineOptions, Snapshot, run_completion
-
     rows = []
     it = samples
     if progress:
@@ -120,8 +122,7 @@ def evaluate(engine, fmt, samples: Sequence[EvalSample], *, adapter: Optional[st
                         fs_path=str(root / s.path))
         opts = PipelineOptions(max_tokens=settings.max_tokens_line if s.kind == "next-line" else settings.max_tokens_fim,
                                multiline="never" if s.kind == "next-line" else "always",
-                               prompt_budget_tokens=settings.prompt_tokens, context_budget_tokens=settings.context_tokens,
-                               suffix_budget_tokens=settings.suffix_tokens, repo_name=repo_name, adapter=adapter)
+                               budget=settings.budget, repo_name=repo_name, adapter=adapter)
         t0 = time.perf_counter()
         out = run_completion(snap, engine=engine, fim_format=fmt, options=opts, context=context)
         ms = (time.perf_counter() - t0) * 1000
@@ -167,8 +168,6 @@ def adapter_perplexity(hf_dir: Path, adapter_dir: Optional[Path], examples, *, d
     """Perplexity over held-out FIM middles: {"base": …, "adapted": …} (transformers + peft)."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from .trainer import perplexity
 
     check_hf_folder(hf_dir)  # no auto_map code, no pickle-only weights (model.trust)
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, trust_remote_code=False,

@@ -10,12 +10,13 @@ An `Example` is a document cut in three: the text before the gap, the gap (`midd
 - `line-rest`: the rest of a line of code from a random column on;
 - `random`: a random character span;
 - `docstring`: signature and docstring given, the rest of the body is the gap, cut exactly as
-  `intarsia.generateFunction` cuts it (`server.pipeline.find_function_target`);
+  `intarsia.generateFunction` cuts it (`core.functions.find_function_target` on the file with the body removed);
 - `accepted`: a suggestion the server's acceptance log says was accepted and is still in the file.
 
-`render_example` turns an example into the prompt the server would send for it: the same FIM format, the same
-prompt budget split (`server.pipeline.build_prompt`) and the same repository context (`ContextProvider` over the
-other training files). Training text is prompt + middle + the format's end token, so the model learns to stop.
+`render_example` turns an example into the prompt the server would send for it: the same FIM format, the same prompt
+budget (`core.prompt.build_prompt` within the served `PromptBudget`) and the same repository context
+(`ContextProvider` over the other training files). Training text is prompt + middle + the format's end token, so the
+model learns to stop.
 
 Files are split into train and held-out by a hash of their path (deterministic; optionally the files touched by
 the newest commits are held out too); examples never mix the two.
@@ -24,7 +25,6 @@ the newest commits are held out too); examples never mix the two.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass, replace
@@ -32,9 +32,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import tree_sitter
-
 from intarsia.grammars.registry import Language, get_language
 from intarsia.model.fim import FimFormat, RepoFile
+from intarsia.server.core.context import ContextProvider, RepoIndex
+from intarsia.server.core.documents import Snapshot
+from intarsia.server.core.functions import find_function_target
+from intarsia.server.core.prompt import PromptBudget, build_prompt
 
 from .crawl import SourceFile
 
@@ -67,7 +70,9 @@ class Example:
 # ---------------------------------------------------------------------------------------------- split
 
 
-def _unit(seed: int, rel: str) -> float:
+def unit_draw(seed: int, rel: str) -> float:
+    """A number in [0, 1] drawn deterministically from (seed, key): splits and shares that do not move between
+    runs."""
     return int(hashlib.sha256(f"{seed}:{rel}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
@@ -76,8 +81,8 @@ def split_files(files: Sequence[SourceFile], *, held_out: float = 0.1, seed: int
     """(train, held-out): held out when a hash of (seed, path) falls under `held_out`, or the path is in `recent`.
     With two files or more, each side gets at least one."""
     recent = set(recent)
-    ranked = sorted(files, key=lambda f: _unit(seed, f.rel))
-    held = [f for f in ranked if f.rel in recent or _unit(seed, f.rel) < held_out]
+    ranked = sorted(files, key=lambda f: unit_draw(seed, f.rel))
+    held = [f for f in ranked if f.rel in recent or unit_draw(seed, f.rel) < held_out]
     if not held and len(ranked) >= 2 and held_out > 0:
         held = [ranked[0]]
     if len(held) == len(ranked) and len(ranked) >= 2:
@@ -90,7 +95,9 @@ def split_files(files: Sequence[SourceFile], *, held_out: float = 0.1, seed: int
 # ---------------------------------------------------------------------------------------------- spans
 
 
-class _Doc:
+class ParsedFile:
+    """A crawled file parsed once with its language's grammar, for cutting examples and evaluation samples."""
+
     def __init__(self, f: SourceFile, language: Language):
         self.file = f
         self.text = f.text
@@ -128,7 +135,7 @@ class _Doc:
         return Example(self.file.rel, kind, self.text[:start], middle, self.text[end:], node_type)
 
 
-def _node_spans(doc: _Doc, kind: str) -> list[tuple[int, int, str]]:
+def _node_spans(doc: ParsedFile, kind: str) -> list[tuple[int, int, str]]:
     if kind == "function-body":
         nodes = doc.captures("functions", "function.body")
     elif kind == "block":
@@ -152,7 +159,7 @@ def _node_spans(doc: _Doc, kind: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def _line_rest_spans(doc: _Doc) -> list[tuple[int, int, str]]:
+def _line_rest_spans(doc: ParsedFile) -> list[tuple[int, int, str]]:
     out, pos = [], 0
     for line in doc.text.split("\n"):
         code = line.strip()
@@ -163,7 +170,7 @@ def _line_rest_spans(doc: _Doc) -> list[tuple[int, int, str]]:
     return out
 
 
-def _whole_lines(doc: _Doc) -> list[tuple[int, int]]:
+def _whole_lines(doc: ParsedFile) -> list[tuple[int, int]]:
     """(start, end) of every line with code: from its first column through its line break."""
     out, pos = [], 0
     for line in doc.text.split("\n"):
@@ -175,42 +182,36 @@ def _whole_lines(doc: _Doc) -> list[tuple[int, int]]:
     return out
 
 
-def docstring_examples(doc: _Doc) -> list[Example]:
-    """Signature + docstring → body, cut as `intarsia.generateFunction` (`find_function_target`) cuts it."""
+def docstring_examples(doc: ParsedFile) -> list[Example]:
+    """Signature + docstring → body, cut by `find_function_target` itself: the body is removed (as the user has the
+    function before running the command), the command's target is found in that text, and the example is what the
+    command's prompt holds around it (its lead and trail included), with the real body as the middle."""
     out = []
     for fn in doc.captures("functions", "function"):
         body = fn.child_by_field_name("body")
         if body is None or fn.has_error:
             continue
-        s, e = doc.span(body)
         if doc.language.syntax.family == "python":
             stmts = body.named_children
             if len(stmts) < 2 or stmts[0].type != "expression_statement" or not stmts[0].named_children \
                     or stmts[0].named_children[0].type != "string":
                 continue
-            start = doc.char(stmts[0].end_byte)
-            middle_start = doc.char(stmts[1].start_byte)
-            if doc.text[start:middle_start].strip():  # a comment between docstring and body
-                continue
-            # The served prompt ends the prefix with a newline and the body's indentation (FunctionTarget.lead),
-            # exactly where this gap starts.
-            ex = doc.example("docstring", middle_start, e, fn.type)
-            if ex is not None:
-                out.append(ex)
+            a, b = doc.char(stmts[0].end_byte), doc.char(body.end_byte)
         else:
-            inner_s, inner_e = s + 1, e - 1
-            body_text = doc.text[inner_s:inner_e]
-            if not body_text.strip():
-                continue
-            fn_line = doc.text.rfind("\n", 0, doc.char(fn.start_byte)) + 1
-            before = doc.text[max(0, fn_line - 400):fn_line].rstrip()
-            if not before.endswith(("*/", "///", "//")) and not before.split("\n")[-1].lstrip().startswith("//"):
-                continue
-            first = len(body_text) - len(body_text.lstrip())
-            ex = doc.example("docstring", inner_s + first, inner_e - (len(body_text) - len(body_text.rstrip())),
-                             fn.type)
-            if ex is not None:
-                out.append(ex)
+            s, e = doc.span(body)
+            a, b = s + 1, e - 1
+        code = doc.text[a:b].strip()
+        if not code:
+            continue
+        stripped = doc.text[:a] + doc.text[b:]
+        target = find_function_target(stripped, doc.char(fn.start_byte), doc.language)
+        if isinstance(target, str):  # no docstring / doc comment, or not a function the command fills
+            continue
+        middle = code
+        if len(middle) > MAX_MIDDLE_CHARS:
+            continue
+        out.append(Example(doc.file.rel, "docstring", stripped[:target.start] + target.lead, middle,
+                           target.trail + stripped[target.end:], fn.type))
     return out
 
 
@@ -222,7 +223,7 @@ def file_examples(f: SourceFile, *, seed: int = 0, per_lines: int = 12, max_per_
     language = get_language(f.language)
     if language is None:
         return []
-    doc = _Doc(f, language)
+    doc = ParsedFile(f, language)
     rng = random.Random(f"{seed}:{f.rel}")
     n = max(2, min(max_per_file, f.text.count("\n") // per_lines))
     pools = {k: _node_spans(doc, k) for k in ("function-body", "block", "statement", "arguments")}
@@ -318,33 +319,15 @@ def accepted_examples(files: Sequence[SourceFile], events: Iterable[dict], *, mi
     return out
 
 
-def read_acceptance_events(paths: Iterable[Path]) -> list[dict]:
-    out = []
-    for p in paths:
-        try:
-            lines = Path(p).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ev, dict):
-                out.append(ev)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- rendering
 
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """How prompts are rendered: the server's defaults, so that training sees what serving sends."""
+    """How prompts are rendered. `budget` None: the server's budget on the device training runs on
+    (`PromptBudget.served`), so that training sees what serving sends; set it only to study another budget."""
 
-    prompt_tokens: int = 1024
-    context_tokens: int = 256
-    suffix_tokens: int = 256
+    budget: Optional[PromptBudget] = None
     repo_name: Optional[str] = None
     # Shares of examples rendered without the repository header at all (`bare`: what a client sends for an
     # untitled buffer, and what FIM benchmarks send) and with the file path but no other files (`path`);
@@ -365,7 +348,7 @@ def render_mode(options: RenderOptions, ex: Example, seed: int = 0) -> str:
     """Which prompt form an example gets (deterministic in the example and the seed)."""
     if options.bare_share <= 0 and options.path_only_share <= 0:
         return "context"
-    u = _unit(seed, "render:" + ex.key())
+    u = unit_draw(seed, "render:" + ex.key())
     if u < options.bare_share:
         return "bare"
     if u < options.bare_share + options.path_only_share:
@@ -373,10 +356,8 @@ def render_mode(options: RenderOptions, ex: Example, seed: int = 0) -> str:
     return "context"
 
 
-def make_context(root: Path, files: Sequence[SourceFile]):
+def make_context(root: Path, files: Sequence[SourceFile]) -> ContextProvider:
     """A `ContextProvider` over `files` only (their masked text): training examples never see held-out files."""
-    from intarsia.server.context import ContextProvider, RepoIndex
-
     index = RepoIndex(root)
     for f in files:
         index.update_file(root / f.rel, f.text)
@@ -384,29 +365,27 @@ def make_context(root: Path, files: Sequence[SourceFile]):
     return ContextProvider(index)
 
 
-def render_example(ex: Example, fmt: FimFormat, count: Callable[[str], int], options: RenderOptions,
-                   context=None, root: Optional[Path] = None, uid: str = "", mode: str = "context") -> str:
-    """The prompt the server would build for this gap (see the module docstring). `mode`: "context" (path and
-    repository context), "path" (path only) or "bare" (prefix and suffix only)."""
-    from intarsia.server.pipeline import Snapshot, build_prompt
-
+def render_example(ex: Example, fmt: FimFormat, count: Callable[[str], int], budget: PromptBudget,
+                   context: Optional[ContextProvider] = None, root: Optional[Path] = None, uid: str = "",
+                   mode: str = "context", repo_name: Optional[str] = None) -> str:
+    """The prompt the server would build for this gap within `budget` (see the module docstring). `mode`:
+    "context" (path and repository context), "path" (path only) or "bare" (prefix and suffix only)."""
     if mode not in RENDER_MODES:
         raise ValueError(f"unknown render mode {mode!r}")
     text = ex.prefix + ex.suffix
     offset = len(ex.prefix)
     files: list[RepoFile] = []
     if mode == "bare":
-        return build_prompt(fmt, count, text, offset, budget=options.prompt_tokens,
-                            suffix_max=options.suffix_tokens).prompt
-    if context is not None and options.context_tokens > 0 and mode == "context":
+        return build_prompt(fmt, count, text, offset, budget=budget).prompt
+    if context is not None and budget.context > 0 and mode == "context":
         snap = Snapshot(uri=f"intarsia-train:{uid or ex.key()}", version=0, text=text, offset=offset,
                         language_id="", language=None, path=ex.path,
                         fs_path=str(root / ex.path) if root is not None else None)
-        files = context.select(snap, options.context_tokens, count)
-    return build_prompt(fmt, count, text, offset, budget=options.prompt_tokens, context_files=files, path=ex.path,
-                        repo_name=options.repo_name, suffix_max=options.suffix_tokens).prompt
+        files = context.select(snap, budget.context, count)
+    return build_prompt(fmt, count, text, offset, budget=budget, context_files=files, path=ex.path,
+                        repo_name=repo_name).prompt
 
 
 __all__ = ["Example", "KINDS", "KIND_WEIGHTS", "RENDER_MODES", "RenderOptions", "accepted_examples", "at_end_of_file",
-           "docstring_examples", "file_examples", "make_context", "read_acceptance_events", "render_example",
+           "docstring_examples", "file_examples", "make_context", "render_example",
            "render_mode", "split_files"]

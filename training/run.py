@@ -10,21 +10,43 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from intarsia.model import shipped as shipped_adapters
+from intarsia.model.build import BuildOptions, build, check_fim, hf_folder_for, resolve_gguf
+from intarsia.model.engine import BASE_ADAPTER
 from intarsia.model.errors import IntarsiaError
+from intarsia.model.factory import FIM_ADAPTER, EngineSpec, open_engine
 from intarsia.model.fim import FimFormat
+from intarsia.model.lora import export_adapter
+from intarsia.model.registry import resolve_source
+from intarsia.model.trained import AdapterStore, onnx_adapter_for
+from intarsia.server.core.acceptance import read_events, workspace_log_path
+from intarsia.server.core.prompt import PromptBudget
+from tqdm import tqdm
 
 from .crawl import CrawlResult, crawl, recent_files
 from .evaluate import EvalSettings, adapter_perplexity, eval_samples, evaluate, gate, write_report
-from .examples import (Example, RenderOptions, accepted_examples, at_end_of_file, file_examples, make_context,
-                       read_acceptance_events, render_example, render_mode, split_files)
-from .trainer import TrainConfig, Tokenized, resolve_device, tokenize, train_lora
+from .examples import (
+    Example,
+    RenderOptions,
+    accepted_examples,
+    at_end_of_file,
+    file_examples,
+    make_context,
+    render_example,
+    render_mode,
+    split_files,
+    unit_draw,
+)
+from .trainer import Tokenized, TrainConfig, TrainError, check_init_adapter, resolve_device, tokenize, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +91,6 @@ class PreparedData:
     held_tokenized: list[Tokenized] = field(default_factory=list)
 
     def summary(self) -> dict:
-        from collections import Counter
-
         return {"files": len(self.crawl.files), "train_files": len(self.train_files),
                 "held_out_files": len(self.held_files), "examples": len(self.examples),
                 "examples_by_kind": dict(Counter(e.kind for e in self.examples).most_common()),
@@ -85,9 +105,6 @@ def _say(msg: str) -> None:
 
 def resolve_base(base: Optional[str], *, progress: bool = True):
     """(source, hf_dir) of the base model: the Hugging Face folder the LoRA is trained on."""
-    from intarsia.model.build import hf_folder_for, resolve_gguf
-    from intarsia.model.registry import resolve_source
-
     src = resolve_source(base)
     if src.kind == "hf":
         return src, src.path
@@ -97,8 +114,15 @@ def resolve_base(base: Optional[str], *, progress: bool = True):
                         "folder (a built ONNX folder has no trainable weights)")
 
 
-def prepare(repo: Path, options: TrainOptions, *, fmt: Optional[FimFormat] = None, tokenizer=None) -> PreparedData:
-    """Crawl, split, cut examples; with `tokenizer` and `fmt`, render and tokenize them too."""
+def served_budget(options: TrainOptions, device: str) -> PromptBudget:
+    """The prompt budget examples are rendered and candidates judged with: the server's on `device` (the device the
+    adapter is trained for and served on), unless `options.render.budget` overrides it."""
+    return options.render.budget or PromptBudget.served("cuda" if device == "cuda" else "cpu")
+
+
+def prepare(repo: Path, options: TrainOptions, *, fmt: Optional[FimFormat] = None, tokenizer=None,
+            budget: PromptBudget = PromptBudget.served("cpu")) -> PreparedData:
+    """Crawl, split, cut examples; with `tokenizer` and `fmt`, render (within `budget`) and tokenize them too."""
     repo = Path(repo).expanduser().resolve() if Path(repo).expanduser().exists() else Path(repo)
     result = crawl(repo, progress=options.progress)
     recent = recent_files(result.root, options.recent_commits)
@@ -111,20 +135,14 @@ def prepare(repo: Path, options: TrainOptions, *, fmt: Optional[FimFormat] = Non
                                                                weights=weights,
                                                                docstring_share=options.docstring_share)]
     if options.eof_share > 0:
-        from .examples import _unit
-
-        examples = [at_end_of_file(e) if _unit(options.seed, "eof:" + e.key()) < options.eof_share else e
+        examples = [at_end_of_file(e) if unit_draw(options.seed, "eof:" + e.key()) < options.eof_share else e
                     for e in examples]
     accepted = []
     if options.use_acceptance_log:
-        from intarsia.server.acceptance import workspace_log_path
-
-        events = read_acceptance_events([workspace_log_path(str(result.root))])
+        events = read_events([workspace_log_path(str(result.root))])
         accepted = accepted_examples(train_files, events)
         examples += accepted
     if options.max_examples and len(examples) > options.max_examples:
-        import random
-
         rng = random.Random(options.seed)
         examples = rng.sample(examples, options.max_examples)
     held_examples = [e for f in held_files for e in file_examples(f, seed=options.seed + 1,
@@ -132,34 +150,34 @@ def prepare(repo: Path, options: TrainOptions, *, fmt: Optional[FimFormat] = Non
                                                                  max_per_file=8)]
     data = PreparedData(result, train_files, held_files, examples, held_examples, len(accepted))
     if tokenizer is not None and fmt is not None:
-        data.tokenized = _render_all(data.examples, train_files, result.root, fmt, tokenizer, options, "render")
+        data.tokenized = _render_all(data.examples, train_files, result.root, fmt, tokenizer, options, budget,
+                                     "render")
         data.held_tokenized = _render_all(data.held_examples[: options.perplexity_examples * 2], train_files,
-                                          result.root, fmt, tokenizer, options, "render held-out")
+                                          result.root, fmt, tokenizer, options, budget, "render held-out")
     return data
 
 
 def _render_all(examples, context_files, root: Path, fmt: FimFormat, tokenizer, options: TrainOptions,
-                desc: str) -> list[Tokenized]:
+                budget: PromptBudget, desc: str) -> list[Tokenized]:
+    """Each example's served prompt + middle + end token. The prompt is the server's within `budget`, except that
+    a training sequence holds at most `config.context_length` tokens: a longer prompt loses the start of its
+    prefix (the context and the suffix are kept)."""
     eos = tokenizer.convert_tokens_to_ids(fmt.end_tokens[0])
     count = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
-    context = make_context(root, context_files) if options.render.context_tokens > 0 else None
+    context = make_context(root, context_files) if budget.context > 0 else None
     name = options.render.repo_name or root.name
-    render = replace(options.render, repo_name=name)
     limit = options.config.context_length
     out = []
     it = examples
     if options.progress:
-        from tqdm import tqdm
-
         it = tqdm(examples, desc=desc, unit="example", leave=False)
     for k, ex in enumerate(it):
         middle_tokens = count(ex.middle) + 1
         if middle_tokens > limit // 2:
             continue
-        budget = min(render.prompt_tokens, limit - middle_tokens)
-        mode = render_mode(render, ex, options.seed)
-        prompt = render_example(ex, fmt, count, replace(render, prompt_tokens=budget), context, root, uid=str(k),
-                                mode=mode)
+        fitted = replace(budget, prompt=min(budget.prompt, limit - middle_tokens))
+        mode = render_mode(options.render, ex, options.seed)
+        prompt = render_example(ex, fmt, count, fitted, context, root, uid=str(k), mode=mode, repo_name=name)
         t = tokenize(tokenizer, prompt, ex.middle, eos)
         if len(t.ids) <= limit:
             out.append(t)
@@ -183,20 +201,18 @@ def dry_run(repo: Path, options: TrainOptions) -> dict:
             "skipped_files": [{"path": p, "reason": r} for p, r in data.crawl.skipped]}
 
 
-def _eval_engine(src, built_path: Path, adapters: dict[str, Path], device: str):
-    from intarsia.model.ort_engine import OrtEngine
-
-    return OrtEngine(built_path, provider="cuda" if device == "cuda" else "cpu", adapters=adapters)
+def _eval_engine(base: Optional[str], device: str, adapters: dict[str, Path], *, shipped: bool):
+    """The served engine (ONNX Runtime, this build) with the adapters compared by name; the shipped FIM adapter
+    is loaded as `FIM_ADAPTER` when the model has one. Requests name their adapter (BASE_ADAPTER: none)."""
+    return open_engine(EngineSpec(model=base, device="cuda" if device == "cuda" else "cpu", build=True,
+                                  fim_adapter=shipped, trained_adapter=False, warm_up=False,
+                                  extra_adapters=tuple((k, str(v)) for k, v in adapters.items()))).engine
 
 
 def _fim_start(src, options: TrainOptions):
     """(shipped adapter or None, adapter to start from or None) for a training run on `src`."""
-    from intarsia.model.shipped import shipped_for
-
-    from .trainer import TrainError, check_init_adapter
-
     try:
-        shipped = shipped_for(src)
+        shipped = shipped_adapters.shipped_for(src)
     except IntarsiaError as e:
         log.warning("the shipped fill-in-the-middle adapter is not used: %s", e)
         return None, None
@@ -215,11 +231,7 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
                      command: Optional[str] = None) -> dict:
     """The whole `intarsia train` (see the module docstring). Returns the report (also written to the version
     folder). `stop_after` interrupts training after that many steps (tests of resuming)."""
-    from transformers import AutoTokenizer
-
-    from intarsia.model.build import BuildOptions, build, check_fim
-    from intarsia.model.ort_engine import BASE_ADAPTER
-    from intarsia.model.trained import AdapterStore, onnx_adapter_for
+    from transformers import AutoTokenizer  # (torch and transformers load only when training starts)
 
     t_start = time.perf_counter()
     device = resolve_device(options.device)
@@ -229,8 +241,9 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
     built = build(src, build_opts, progress=options.progress, fim_adapter=False)
     fmt = check_fim(built.path, built.manifest.get("fim_format"), src.name)
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False)
+    budget = served_budget(options, device)
     _say(f"crawling {repo} …")
-    data = prepare(repo, options, fmt=fmt, tokenizer=tokenizer)
+    data = prepare(repo, options, fmt=fmt, tokenizer=tokenizer, budget=budget)
     root = data.crawl.root
     summary = data.summary()
     _say(f"{summary['train_files']} training files, {summary['held_out_files']} held out, "
@@ -255,27 +268,19 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
     tmp_version_dir = run_dir / "candidate"
     shutil.rmtree(tmp_version_dir, ignore_errors=True)
     build_key = built.manifest.get("build_key", "model")
-    from intarsia.model.lora import export_adapter
-
     cand_onnx = tmp_version_dir / "candidate.onnx_adapter"
     export_adapter(result.adapter_dir, built.path, cand_onnx, name="candidate")
     adapters = {"candidate": cand_onnx}
     if current is not None:
         adapters["current"] = onnx_adapter_for(current, built.path, build_key)
-    if shipped is not None:
-        from intarsia.model.build import with_fim_adapter
-
-        fim = with_fim_adapter(src, built).fim_adapter
-        if fim is not None:
-            adapters["shipped"] = fim
     samples = eval_samples(data.held_files, next_line=options.eval_next_line, fim=options.eval_fim,
                            seed=options.seed)
-    settings = EvalSettings(prompt_tokens=options.render.prompt_tokens, context_tokens=options.render.context_tokens,
-                            suffix_tokens=options.render.suffix_tokens)
-    context = make_context(root, data.crawl.files) if settings.context_tokens > 0 else None
+    settings = EvalSettings(budget=budget)
+    context = make_context(root, data.crawl.files) if budget.context > 0 else None
     scores, rows = {}, {}
-    with _eval_engine(src, built.path, adapters, device) as engine:
-        variants = [("base", BASE_ADAPTER)] + ([("shipped", "shipped")] if "shipped" in adapters else []) + \
+    with _eval_engine(options.base, device, adapters, shipped=shipped is not None) as engine:
+        variants = [("base", BASE_ADAPTER)] + \
+                   ([("shipped", FIM_ADAPTER)] if FIM_ADAPTER in engine.adapter_names else []) + \
                    ([("current", "current")] if current else []) + [("adapted", "candidate")]
         for name, adapter in variants:
             res = evaluate(engine, fmt, samples, adapter=adapter, root=root, context=context, settings=settings,
@@ -292,7 +297,8 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
                                          "hf_dir": str(hf_dir)},
               "started_from": {"adapter": init.name, "sha256": init.sha256} if init is not None else None,
               "command": command, "data": {**summary, "examples": len(data.tokenized)}, "training": training,
-              "config": asdict(options.config), "render": asdict(options.render), "samples": len(samples),
+              "config": asdict(options.config), "render": asdict(options.render), "budget": asdict(budget),
+              "samples": len(samples),
               "scores": scores, "perplexity": ppl, "reference": reference,
               "decision": {"promoted": bool(promote and options.promote), "passed_gate": promote, "why": why},
               "seconds": round(time.perf_counter() - t_start, 1), "rows": rows}
@@ -324,15 +330,10 @@ def evaluate_repository(repo: Path, *, base: Optional[str] = None, adapter: str 
                         options: TrainOptions = TrainOptions()) -> dict:
     """`intarsia eval`: the base model vs an adapter (the promoted one, a version name, or a peft folder) on the
     held-out files of `repo` (the same split as training)."""
-    from intarsia.model.build import BuildOptions, build, check_fim
-    from intarsia.model.lora import export_adapter
-    from intarsia.model.ort_engine import BASE_ADAPTER
-    from intarsia.model.trained import AdapterStore, onnx_adapter_for
-
-    from intarsia.model.registry import resolve_source
-
     src = resolve_source(base)
-    built = build(src, BuildOptions(), progress=options.progress, fim_adapter=False)
+    device = resolve_device(options.device)
+    built = build(src, BuildOptions(provider="cuda" if device == "cuda" else "cpu"), progress=options.progress,
+                  fim_adapter=False)
     fmt = check_fim(built.path, built.manifest.get("fim_format"), src.name)
     data = prepare(repo, options)
     root = data.crawl.root
@@ -340,35 +341,24 @@ def evaluate_repository(repo: Path, *, base: Optional[str] = None, adapter: str 
     adapters: dict[str, Path] = {}
     label = None
     if adapter not in ("none", ""):
-        if adapter == "current":
-            v = store.current()
-            if v is None:
-                raise IntarsiaError(f"no trained adapter is promoted for {root} (train one with `intarsia train`)")
-        elif Path(adapter).expanduser().is_dir():
-            v = None
-            out = Path(built.path) / "adapters" / f"eval-{hashlib.sha256(str(Path(adapter).resolve()).encode()).hexdigest()[:10]}.onnx_adapter"
-            export_adapter(Path(adapter).expanduser(), built.path, out)
-            adapters["adapted"] = out
+        if Path(adapter).expanduser().is_dir():  # a peft folder: exported for this build by the engine factory
+            adapters["adapted"] = Path(adapter).expanduser()
             label = str(adapter)
         else:
-            v = store.version(adapter)
-        if v is not None:
+            v = store.current() if adapter == "current" else store.version(adapter)
+            if v is None:
+                raise IntarsiaError(f"no trained adapter is promoted for {root} (train one with `intarsia train`)")
             adapters["adapted"] = onnx_adapter_for(v, built.path, built.manifest.get("build_key", "model"))
             label = v.name
     samples = eval_samples(data.held_files, next_line=options.eval_next_line, fim=options.eval_fim, seed=options.seed)
-    settings = EvalSettings(prompt_tokens=options.render.prompt_tokens, context_tokens=options.render.context_tokens,
-                            suffix_tokens=options.render.suffix_tokens)
-    context = make_context(root, data.crawl.files) if settings.context_tokens > 0 else None
+    settings = EvalSettings(budget=served_budget(options, device))
+    context = make_context(root, data.crawl.files) if settings.budget.context > 0 else None
     shipped, _ = _fim_start(src, replace(options, from_fim_adapter=False))
-    if shipped is not None:
-        from intarsia.model.build import with_fim_adapter
-
-        fim = with_fim_adapter(src, built).fim_adapter
-        if fim is not None:
-            adapters["shipped"] = fim
     scores = {}
-    variants = [("base", BASE_ADAPTER)] + [(n, n) for n in ("shipped", "adapted") if n in adapters]
-    with _eval_engine(src, built.path, adapters, options.device if options.device != "auto" else "cpu") as engine:
+    with _eval_engine(base, device, adapters, shipped=shipped is not None) as engine:
+        variants = [("base", BASE_ADAPTER)] + \
+                   ([("shipped", FIM_ADAPTER)] if FIM_ADAPTER in engine.adapter_names else []) + \
+                   ([("adapted", "adapted")] if "adapted" in adapters else [])
         for name, ad in variants:
             scores[name] = evaluate(engine, fmt, samples, adapter=ad, root=root, context=context, settings=settings,
                                     repo_name=root.name, progress=options.progress, label=f"eval {name}")["summary"]

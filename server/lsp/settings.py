@@ -42,7 +42,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
+from intarsia.model.factory import EngineSpec
 from intarsia.model.lookup import DEFAULT_DRAFT, DRAFT_ROWS
+from intarsia.server.core.prompt import PromptBudget
+
+_SERVED = PromptBudget()
 
 ENGINES = ("ort", "remote", "test")
 DEVICES = ("auto", "cpu", "cuda")
@@ -75,9 +79,9 @@ class Settings:
     max_tokens: int = 128
     debounce_ms: int = 100
     multiline: str = "auto"
-    prompt_budget_tokens: int = 2048
-    context_budget_tokens: int = 512
-    suffix_budget_tokens: Optional[int] = None
+    prompt_budget_tokens: int = _SERVED.prompt
+    context_budget_tokens: int = _SERVED.context
+    suffix_budget_tokens: Optional[int] = None  # None: PromptBudget.served(device).suffix
     # Empty: every language. Otherwise the enabled LSP language ids ("*" enables all but `languages_disabled`).
     languages: tuple[str, ...] = ()
     languages_disabled: tuple[str, ...] = ()
@@ -96,6 +100,23 @@ class Settings:
         if not self.languages or "*" in self.languages:
             return True
         return lid in self.languages
+
+    def budget(self, device: str) -> "PromptBudget":
+        """The prompt budget for an engine running on `device` (its `provider`): the one typed budget training
+        renders and judges with too (`PromptBudget.served`, when these settings are the defaults)."""
+        suffix = self.suffix_budget_tokens
+        if suffix is None:
+            suffix = PromptBudget.served(device).suffix
+        return PromptBudget(prompt=self.prompt_budget_tokens, context=self.context_budget_tokens, suffix=suffix)
+
+    def engine_spec(self, workspace: Optional[str]) -> EngineSpec:
+        """What `model.factory.open_engine` opens for these settings (the server never builds a model)."""
+        return EngineSpec(kind=self.engine, model=self.model, device=self.device, threads=self.threads,
+                          lookup_draft=self.lookup_draft, fim_format=self.fim_format, adapter=self.adapter,
+                          workspace=workspace, trained_adapter=self.trained_adapter, fim_adapter=self.fim_adapter,
+                          remote_endpoint=self.remote_endpoint, remote_model=self.remote_model,
+                          test_table=self.test_table, test_token_delay_ms=self.test_token_delay_ms,
+                          test_load_delay_ms=self.test_load_delay_ms, build=False, warm_up=True)
 
     def engine_key(self) -> tuple:
         """Changes exactly when the engine has to be loaded again."""
@@ -340,4 +361,5 @@ def parse_settings(raw: Any, base: Settings = Settings()) -> tuple[Settings, lis
     return settings, warnings
 
 
-__all__ = ["Settings", "parse_settings", "unwrap", "without_workspace_unsafe", "WORKSPACE_UNSAFE", "ENGINE_FIELDS", "ENGINES", "DEVICES", "MULTILINE"]
+__all__ = ["Settings", "parse_settings", "unwrap", "without_workspace_unsafe", "WORKSPACE_UNSAFE", "ENGINE_FIELDS",
+           "ENGINES", "DEVICES", "MULTILINE"]

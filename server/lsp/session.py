@@ -1,20 +1,21 @@
-"""Model work off the event loop: the executor, cancellation, stale versions, debounce, and the session.
+"""`Session`: the language server without the protocol.
 
-`ModelWorker` owns one `ThreadPoolExecutor(max_workers=1)`: every engine call (loading, completions,
-function bodies) runs there, one at a time, never on pygls' own pool (which also reads stdin). A job has a
-key (the document URI); submitting a newer job with the same key cancels the older one: its cancel event is
-set (the engines check it before every token) and, if it has not started, it never runs.
-
-`Session` is the language server without the protocol: open documents, settings, the engine, repository
-context, the typed-ahead cache, speculation after accepts and the acceptance log. `lsp.py` translates LSP
-messages into calls of its methods, on the event loop. A completion:
+It holds the open documents, the settings, the engine (through `host.EngineHost`), repository context, the
+typed-ahead cache, speculation after accepts and the acceptance log. The LSP layer (`server.py`) translates
+messages into calls of its methods. A completion:
 
 1. snapshots the document on the event loop (text, version, parse tree copy, other open documents);
 2. answers from the typed-ahead cache (or a speculative suggestion) when it can, with no model call;
 3. waits an adaptive debounce (`Debouncer`) unless the user invoked it explicitly, and gives up if the
    document changed or a newer request arrived meanwhile;
-4. runs `pipeline.run_completion` on the model thread; `$/cancelRequest` or a newer request cancels it;
-5. drops the result if the document's version changed meanwhile (it still goes into the cache).
+4. runs `core.completion.run_completion` on the model thread (`executor.ModelWorker`); `$/cancelRequest` or a
+   newer request cancels it;
+5. drops the result if the document's version changed meanwhile (it still goes into the cache), else returns a
+   `Suggestion` that carries the positions the client needs, so the protocol layer converts it without looking
+   at the document again.
+
+Threading rule: every `Session` method is called on the event loop thread; work on the engine runs in jobs on
+the model thread, with a snapshot taken on the loop.
 """
 
 from __future__ import annotations
@@ -30,96 +31,25 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Optional, Sequence
 
-from intarsia.model.errors import IntarsiaError
+from intarsia.server.core.acceptance import AcceptanceLog, AcceptanceTracker, Anchor
+from intarsia.server.core.completion import CompletionOutcome, PipelineOptions, run_completion
+from intarsia.server.core.context import ContextProvider, RepoIndex
+from intarsia.server.core.documents import ENCODINGS, Document, DocumentStore, NeighborDoc, PositionError, Snapshot
+from intarsia.server.core.functions import FunctionOutcome, generate_function
 
-from . import pipeline
-from .acceptance import AcceptanceLog, AcceptanceTracker, Anchor
 from .cache import TypedAheadCache
-from .context import ContextProvider, RepoIndex
-from .engines import LoadedEngine, load_engine, swap_trained_adapter
+from .executor import Job, ModelWorker, settled
+from .host import UI, EngineHost, NullUI
 from .settings import Settings, parse_settings
 
 log = logging.getLogger(__name__)
 
-TRAINED_CHECK_SECONDS = 1.0  # how often a request may look for a newly promoted trained adapter
 
-
-# ------------------------------------------------------------------------------------------------ executor
-
-
-class JobCancelled(Exception):
-    """The job was cancelled before it started."""
-
-
-@dataclass(eq=False)
-class Job:
-    key: str
-    cancel: threading.Event = field(default_factory=threading.Event)
-    future: Optional[concurrent.futures.Future] = None
-    superseded: bool = False
-    started: bool = False
-
-
-class ModelWorker:
-    """One thread for all model work; a newer job with the same key cancels the older one."""
-
-    def __init__(self, name: str = "intarsia-model"):
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def submit(self, key: str, fn: Callable[[threading.Event], Any], *, replace: bool = True) -> Job:
-        job = Job(key)
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the model worker is shut down")
-            old = self._jobs.get(key)
-            if old is not None and replace:
-                old.superseded = True
-                old.cancel.set()
-                if old.future is not None:
-                    old.future.cancel()
-            self._jobs[key] = job
-            job.future = self._executor.submit(self._run, job, fn)
-        return job
-
-    def _run(self, job: Job, fn: Callable[[threading.Event], Any]) -> Any:
-        try:
-            if job.cancel.is_set():
-                raise JobCancelled(job.key)
-            job.started = True
-            return fn(job.cancel)
-        finally:
-            with self._lock:
-                if self._jobs.get(job.key) is job:
-                    del self._jobs[job.key]
-
-    def cancel(self, key: str) -> bool:
-        with self._lock:
-            job = self._jobs.get(key)
-        if job is None:
-            return False
-        job.cancel.set()
-        if job.future is not None:
-            job.future.cancel()
-        return True
-
-    def pending(self) -> list[str]:
-        with self._lock:
-            return list(self._jobs)
-
-    def shutdown(self, wait: bool = False) -> None:
-        with self._lock:
-            self._closed = True
-            jobs = list(self._jobs.values())
-        for j in jobs:
-            j.cancel.set()
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+# ------------------------------------------------------------------------------------------------ typing rhythm
 
 
 class Debouncer:
@@ -152,42 +82,10 @@ class Debouncer:
 # ------------------------------------------------------------------------------------------------ session
 
 
-class UI(Protocol):
-    """What the session asks of the client (implemented by lsp.py; always called on the event loop)."""
-
-    def show_message(self, level: str, message: str) -> None: ...
-
-    def log_message(self, level: str, message: str) -> None: ...
-
-    async def progress_begin(self, title: str, message: str) -> Optional[str]: ...
-
-    def progress_report(self, token: Optional[str], message: str, percentage: Optional[int]) -> None: ...
-
-    def progress_end(self, token: Optional[str], message: str) -> None: ...
-
-
-class NullUI:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, str]] = []
-
-    def show_message(self, level: str, message: str) -> None:
-        self.messages.append((level, message))
-
-    def log_message(self, level: str, message: str) -> None:
-        self.messages.append((level, message))
-
-    async def progress_begin(self, title: str, message: str) -> Optional[str]:
-        return None
-
-    def progress_report(self, token: Optional[str], message: str, percentage: Optional[int]) -> None:
-        pass
-
-    def progress_end(self, token: Optional[str], message: str) -> None:
-        pass
-
-
 @dataclass(frozen=True)
 class Suggestion:
+    """A suggestion to show, with the positions the client needs (in the session's encoding)."""
+
     id: str
     text: str
     uri: str
@@ -196,6 +94,9 @@ class Suggestion:
     source: str  # "model" | "cache" | "speculation"
     scope: str
     latency_ms: float
+    position: tuple[int, int] = (0, 0)  # where the text is inserted (the cursor)
+    word: str = ""  # the identifier characters right before the cursor (the completion list's filter)
+    word_start: tuple[int, int] = (0, 0)  # where that word starts
 
 
 @dataclass(frozen=True)
@@ -236,18 +137,17 @@ class Session:
         self.settings = settings
         self.root = os.path.realpath(root) if root else None
         self.repo_name = os.path.basename(self.root) if self.root else None
-        self.encoding = encoding if encoding in pipeline.ENCODINGS else "utf-16"
+        self.encoding = encoding if encoding in ENCODINGS else "utf-16"
         self.ui: UI = ui or NullUI()
-        self.documents = pipeline.DocumentStore()
+        self.documents = DocumentStore()
         self.worker = ModelWorker()
         self.aux = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="intarsia-aux")
         self.cache = TypedAheadCache()
         self.index: Optional[RepoIndex] = RepoIndex(self.root) if self.root else None
         self.context = ContextProvider(self.index)
         self.tracker = AcceptanceTracker(AcceptanceLog(self.root, enabled=settings.acceptance_log))
-        self.loaded: Optional[LoadedEngine] = None
-        self.engine_state = "idle"  # idle | loading | ready | failed
-        self.engine_error: Optional[str] = None
+        self.host = EngineHost(self.worker, self.ui, on_change=self.cache.clear,
+                               on_error=lambda message: self.show_once("error", message))
         self.counters: dict[str, int] = {k: 0 for k in (
             "requests", "completions", "engine_calls", "cache_hits", "speculative_hits", "speculations",
             "cancelled", "superseded", "stale", "not_ready", "empty", "skipped")}
@@ -256,15 +156,11 @@ class Session:
         self._debouncers: dict[str, Debouncer] = {}
         self._seq: dict[str, int] = {}
         self._speculation: dict[str, _Speculation] = {}
-        self._recent: "OrderedDict[str, pipeline.NeighborDoc]" = OrderedDict()
+        self._recent: "OrderedDict[str, NeighborDoc]" = OrderedDict()
         self._shown_errors: set[str] = set()
-        self._load_gen = 0
-        self._load_task: Optional[asyncio.Task] = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._index_cancel = threading.Event()
         self._closed = False
-        self._trained_checked = 0.0
-        self._swap_job: Optional[Job] = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
 
@@ -283,93 +179,7 @@ class Session:
 
     def reload(self) -> "asyncio.Task":
         self._loop = self._loop or asyncio.get_running_loop()
-        self._load_gen += 1
-        self.engine_state = "loading"
-        self.engine_error = None
-        self.cache.clear()
-        self._load_task = self._loop.create_task(self._load(self._load_gen, self.settings))
-        return self._load_task
-
-    async def _load(self, gen: int, settings: Settings) -> None:
-        token = await self.ui.progress_begin("Intarsia", f"loading the {settings.engine} engine")
-        loop = asyncio.get_running_loop()
-
-        def progress(message: str, pct: Optional[int]) -> None:
-            try:
-                loop.call_soon_threadsafe(self.ui.progress_report, token, message, pct)
-            except RuntimeError:
-                pass
-
-        def work(cancel: threading.Event) -> LoadedEngine:
-            old, self.loaded = self.loaded, None
-            if old is not None:
-                old.engine.close()
-            return load_engine(settings, progress=progress, cancel=cancel, workspace=self.root)
-
-        t0 = time.perf_counter()
-        job = self.worker.submit("__load__", work)
-        try:
-            loaded = await self._result(job)
-        except IntarsiaError as e:
-            self._load_failed(gen, str(e), token)
-            return
-        except Exception as e:  # an unexpected failure: say so, keep serving (empty answers)
-            log.exception("loading the engine failed")
-            self._load_failed(gen, f"unexpected error: {type(e).__name__}: {e}", token)
-            return
-        if loaded is None or gen != self._load_gen:
-            if loaded is not None:
-                self.worker.submit("__close__", lambda c: loaded.engine.close(), replace=False)
-            self.ui.progress_end(token, "superseded")
-            return
-        self.loaded = loaded
-        self.engine_state = "ready"
-        log.info("engine ready: %s (%.1f s)", loaded.description, time.perf_counter() - t0)
-        self.ui.progress_end(token, f"ready: {loaded.description}")
-
-    def _load_failed(self, gen: int, message: str, token: Optional[str]) -> None:
-        if gen == self._load_gen:
-            self.engine_state = "failed"
-            self.engine_error = message
-        self.ui.progress_end(token, "failed")
-        log.error("cannot load the engine: %s", message)
-        self.show_once("error", f"Intarsia: {message}")
-
-    def check_trained_adapter(self, *, force: bool = False) -> Optional[Job]:
-        """Swap to the adapter `intarsia train` promoted (or rolled back to) for this workspace, if it changed.
-
-        One stat of the store's pointer, at most once a second; the swap itself runs on the model thread between
-        two requests (load the new adapter, make it the default, unload the old one), so no request is dropped
-        and none sees half a swap. Suggestions cached from the old adapter are forgotten."""
-        loaded = self.loaded
-        if loaded is None or loaded.store is None or self.engine_state != "ready":
-            return None
-        now = time.monotonic()
-        if not force and now - self._trained_checked < TRAINED_CHECK_SECONDS:
-            return None
-        self._trained_checked = now
-        if self._swap_job is not None and not self._swap_job.future.done():
-            return self._swap_job
-        if loaded.store.stamp() == loaded.trained_stamp:
-            return None
-        loop = self._loop
-
-        def work(cancel: threading.Event) -> Optional[str]:
-            return swap_trained_adapter(loaded)
-
-        def done(fut: concurrent.futures.Future) -> None:
-            exc = fut.exception() if not fut.cancelled() else None
-            if exc is not None:
-                loaded.trained_stamp = loaded.store.stamp()  # do not retry a broken adapter on every request
-                log.warning("cannot swap to the newly promoted adapter: %s", exc)
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self.cache.clear)
-
-        job = self.worker.submit("__adapter__", work, replace=False)
-        job.future.add_done_callback(done)
-        self._swap_job = job
-        self.cache.clear()
-        return job
+        return self.host.reload(self.settings.engine_spec(self.root))
 
     def show_once(self, level: str, message: str) -> None:
         if message in self._shown_errors:
@@ -383,14 +193,7 @@ class Session:
         for h in list(self._timers):
             h.cancel()
         self._timers.clear()
-        loaded, self.loaded = self.loaded, None
-        self.engine_state = "idle"
-        if loaded is not None:
-            try:
-                job = self.worker.submit("__close__", lambda c: loaded.engine.close(), replace=False)
-                await asyncio.wait_for(self._result(job), timeout=5)
-            except Exception:
-                log.debug("closing the engine failed", exc_info=True)
+        await self.host.close()
         self.worker.shutdown(wait=False)
         self.aux.shutdown(wait=False, cancel_futures=True)
 
@@ -409,17 +212,11 @@ class Session:
             self.reload()
         return warnings
 
-    def options(self) -> pipeline.PipelineOptions:
-        s = self.settings
-        suffix = s.suffix_budget_tokens
-        if suffix is None:  # auto: short on a CPU, where the suffix is re-read on every keystroke
-            engine = self.loaded.engine if self.loaded is not None else None
-            on_cpu = getattr(engine, "provider", None) == "cpu"
-            suffix = pipeline.SUFFIX_MAX_TOKENS_CPU if on_cpu else pipeline.SUFFIX_MAX_TOKENS
-        return pipeline.PipelineOptions(max_tokens=s.max_tokens, multiline=s.multiline,
-                                        prompt_budget_tokens=s.prompt_budget_tokens,
-                                        context_budget_tokens=s.context_budget_tokens, suffix_budget_tokens=suffix,
-                                        repo_name=self.repo_name)
+    def options(self) -> PipelineOptions:
+        loaded = self.host.loaded
+        device = loaded.engine.provider if loaded is not None else "cpu"
+        return PipelineOptions(max_tokens=self.settings.max_tokens, multiline=self.settings.multiline,
+                               budget=self.settings.budget(device), repo_name=self.repo_name)
 
     # ---- documents ------------------------------------------------------------------------------------------
 
@@ -436,7 +233,7 @@ class Session:
 
     def did_open(self, uri: str, language_id: str, version: int, text: str) -> None:
         rel, fs = self._paths(uri)
-        doc = pipeline.Document(uri, text, version, language_id, path=rel, fs_path=fs,
+        doc = Document(uri, text, version, language_id, path=rel, fs_path=fs,
                                 max_parse_bytes=self.settings.max_document_bytes)
         self.documents.open(doc)
         if rel:
@@ -470,7 +267,7 @@ class Session:
         self._seq.pop(uri, None)
         self.cache.forget(uri)
         if doc is not None and doc.path and not doc.binary and doc.size_bytes < 512_000:
-            self._recent[doc.path] = pipeline.NeighborDoc(doc.path, doc.version, doc.text)
+            self._recent[doc.path] = NeighborDoc(doc.path, doc.version, doc.text)
             while len(self._recent) > 8:
                 self._recent.popitem(last=False)
 
@@ -485,7 +282,7 @@ class Session:
             text = doc.text
         self.aux.submit(self.index.update_file, fs, text)
 
-    def _neighbors(self, uri: str) -> tuple[pipeline.NeighborDoc, ...]:
+    def _neighbors(self, uri: str) -> tuple[NeighborDoc, ...]:
         open_docs = self.documents.neighbors(uri)
         names = {n.path for n in open_docs}
         recent = [n for n in reversed(self._recent.values()) if n.path not in names]
@@ -493,36 +290,8 @@ class Session:
 
     # ---- completions ----------------------------------------------------------------------------------------
 
-    def _result(self, job: Job) -> "asyncio.Future":
-        """An asyncio future for a job's result: None when the job was cancelled or superseded."""
-        loop = self._loop or asyncio.get_running_loop()
-        af: asyncio.Future = loop.create_future()
-
-        def settle(f: concurrent.futures.Future) -> None:
-            if af.done():
-                return
-            if f.cancelled():
-                af.set_result(None)
-                return
-            exc = f.exception()
-            if isinstance(exc, JobCancelled):
-                af.set_result(None)
-            elif exc is not None:
-                af.set_exception(exc)
-            else:
-                af.set_result(f.result())
-
-        def done(f: concurrent.futures.Future) -> None:
-            try:
-                loop.call_soon_threadsafe(settle, f)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
-
-        job.future.add_done_callback(done)
-        return af
-
     async def _await(self, job: Job, af: Optional[asyncio.Future] = None) -> Any:
-        af = af if af is not None else self._result(job)
+        af = af if af is not None else settled(job, asyncio.get_running_loop())
         try:
             return await asyncio.shield(af)
         except asyncio.CancelledError:
@@ -533,18 +302,18 @@ class Session:
             self.counters["cancelled"] += 1
             raise
 
-    def _position(self, uri: str, line: int, character: int) -> Optional[tuple[pipeline.Document, int]]:
+    def _position(self, uri: str, line: int, character: int) -> Optional[tuple[Document, int]]:
         doc = self.documents.get(uri)
         if doc is None:
             log.info("completion for %s, which is not open: empty answer", uri)
             return None
         try:
             return doc, doc.offset_at(line, character, self.encoding, strict=True)
-        except pipeline.PositionError as e:
+        except PositionError as e:
             log.info("completion at %d:%d in %s: %s: empty answer", line, character, uri, e)
             return None
 
-    def _completable(self, doc: pipeline.Document) -> Optional[str]:
+    def _completable(self, doc: Document) -> Optional[str]:
         if not self.settings.language_enabled(doc.language_id):
             return f"language '{doc.language_id}' is disabled"
         if doc.binary:
@@ -553,10 +322,15 @@ class Session:
             return f"document larger than maxDocumentBytes ({doc.size_bytes} bytes)"
         return None
 
-    def _suggest(self, doc: pipeline.Document, offset: int, text: str, sid: str, source: str, scope: str,
+    def _suggest(self, doc: Document, offset: int, text: str, sid: str, source: str, scope: str,
                  t0: float) -> Suggestion:
         latency = (time.perf_counter() - t0) * 1000
-        s = Suggestion(sid, text, doc.uri, doc.version, offset, source, scope, latency)
+        ws = offset
+        while ws > 0 and (doc.text[ws - 1].isalnum() or doc.text[ws - 1] == "_"):
+            ws -= 1
+        s = Suggestion(sid, text, doc.uri, doc.version, offset, source, scope, latency,
+                       position=doc.position_at(offset, self.encoding), word=doc.text[ws:offset],
+                       word_start=doc.position_at(ws, self.encoding))
         self.counters["completions"] += 1
         self.tracker.shown(sid, uri=doc.uri, path=doc.path, offset=offset, text=text, language=doc.language_id,
                            scope=scope, source=source, latency_ms=latency)
@@ -578,7 +352,6 @@ class Session:
             return None
         seq = self._seq[uri] = self._seq.get(uri, 0) + 1
         version, text = doc.version, doc.text
-        self.check_trained_adapter()
 
         hit = self.cache.lookup(uri, text, offset)
         if hit is not None:
@@ -589,7 +362,7 @@ class Session:
             return self._suggest(doc, offset, hit.remaining, hit.entry.suggestion_id,
                                  "speculation" if hit.entry.source == "speculation" and hit.typed == 0 else "cache",
                                  "cached", t0)
-        if self.engine_state != "ready" or self.loaded is None:
+        if not self.host.ready:
             self.counters["not_ready"] += 1
             return None
 
@@ -614,11 +387,11 @@ class Session:
                     self.counters["stale"] += 1
                     return None
             snapshot = doc.snapshot(offset, invoked=invoked, neighbors=self._neighbors(uri))
-            loaded = self.loaded
+            loaded = self.host.loaded
             options = self.options()
 
-            def work(cancel: threading.Event) -> pipeline.CompletionOutcome:
-                return pipeline.run_completion(snapshot, engine=loaded.engine, fim_format=loaded.fim_format,
+            def work(cancel: threading.Event) -> CompletionOutcome:
+                return run_completion(snapshot, engine=loaded.engine, fim_format=loaded.fim_format,
                                                options=options, cancel=cancel, context=self.context)
 
             job = self.worker.submit(uri, work)
@@ -699,7 +472,7 @@ class Session:
     def _speculate(self, uri: str, offset: int, accepted: str) -> None:
         """Prepare the suggestion for the document as it is once `accepted` is inserted at `offset`."""
         doc = self.documents.get(uri)
-        if doc is None or self.loaded is None or self.engine_state != "ready" or self._completable(doc):
+        if doc is None or not self.host.ready or self._completable(doc):
             return
         text = doc.text
         if text[offset:offset + len(accepted)] == accepted:
@@ -708,19 +481,19 @@ class Session:
             predicted = text[:offset] + accepted + text[offset:]
         cursor = offset + len(accepted)
         self._cancel_speculation(uri)
-        snap = pipeline.Snapshot(uri=uri, version=-1, text=predicted, offset=cursor, language_id=doc.language_id,
+        snap = Snapshot(uri=uri, version=-1, text=predicted, offset=cursor, language_id=doc.language_id,
                                  language=doc.language, path=doc.path, tree=None, invoked=False,
                                  neighbors=self._neighbors(uri), fs_path=doc.fs_path)
-        loaded = self.loaded
+        loaded = self.host.loaded
         options = self.options()
 
-        def work(cancel: threading.Event) -> pipeline.CompletionOutcome:
-            return pipeline.run_completion(snap, engine=loaded.engine, fim_format=loaded.fim_format, options=options,
+        def work(cancel: threading.Event) -> CompletionOutcome:
+            return run_completion(snap, engine=loaded.engine, fim_format=loaded.fim_format, options=options,
                                            cancel=cancel, context=self.context)
 
         job = self.worker.submit("spec:" + uri, work)
         spec = _Speculation(predicted, cursor, job)
-        spec.done = self._result(job)
+        spec.done = settled(job, asyncio.get_running_loop())
         self._speculation[uri] = spec
         self.counters["speculations"] += 1
 
@@ -747,15 +520,15 @@ class Session:
         why = self._completable(doc)
         if why is not None:
             return FunctionEdit(False, why)
-        if self.engine_state != "ready" or self.loaded is None:
-            return FunctionEdit(False, f"the model is not ready ({self.engine_state})")
+        if not self.host.ready:
+            return FunctionEdit(False, f"the model is not ready ({self.host.state})")
         snapshot = doc.snapshot(offset, invoked=True, neighbors=self._neighbors(uri))
         version = doc.version
-        loaded = self.loaded
+        loaded = self.host.loaded
         options = self.options()
 
-        def work(cancel: threading.Event) -> pipeline.FunctionOutcome:
-            return pipeline.generate_function(snapshot, engine=loaded.engine, fim_format=loaded.fim_format,
+        def work(cancel: threading.Event) -> FunctionOutcome:
+            return generate_function(snapshot, engine=loaded.engine, fim_format=loaded.fim_format,
                                               options=options, cancel=cancel, context=self.context)
 
         job = self.worker.submit("fn:" + uri, work)
@@ -776,10 +549,10 @@ class Session:
     # ---- status ---------------------------------------------------------------------------------------------
 
     def status(self, uri: Optional[str] = None) -> dict:
-        loaded = self.loaded
+        loaded = self.host.loaded
         out = {
-            "state": self.engine_state,
-            "error": self.engine_error,
+            "state": self.host.state,
+            "error": self.host.error,
             "engine": self.settings.engine,
             "model": loaded.description if loaded else None,
             "model_path": loaded.model_path if loaded else None,
@@ -807,5 +580,4 @@ class Session:
         return out
 
 
-__all__ = ["ModelWorker", "Job", "JobCancelled", "Debouncer", "Session", "Suggestion", "FunctionEdit", "UI", "NullUI",
-           "uri_to_path"]
+__all__ = ["Debouncer", "Session", "Suggestion", "FunctionEdit", "uri_to_path"]

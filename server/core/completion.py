@@ -1,0 +1,253 @@
+"""One completion, plain synchronous Python (no LSP types, no event loop):
+
+    document snapshot → should_complete (scope) → repository context → prompt within the budget → engine
+    → post-processing (grammars) → the text to insert
+
+`run_completion(snapshot, engine=..., fim_format=..., options=..., cancel=...)` runs one completion and returns a
+`CompletionOutcome` with the per-stage timings, which it also logs. The engine is stopped early once the scope
+needs no more lines. The server runs it on its model thread, `intarsia complete` from the shell, and training's
+evaluation on held-out samples: all three get the same text for the same snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
+
+from intarsia.grammars.context import CursorContext, cursor_context
+from intarsia.grammars.lexer import indent_width, leading_ws
+from intarsia.grammars.postprocess import postprocess
+from intarsia.grammars.scope import MAX_TOKENS_BLOCK, MAX_TOKENS_LINE, Scope, ScopeDecision, scope_for_context
+from intarsia.model.engine import FINISH_CANCELLED, FINISH_LENGTH, Engine, GenerationRequest
+from intarsia.model.errors import IntarsiaError
+from intarsia.model.fim import FimFormat, RepoFile
+
+from .documents import Snapshot, line_content_end
+from .prompt import PromptBudget, build_prompt
+
+log = logging.getLogger(__name__)
+
+
+class ContextSource(Protocol):
+    def select(self, snapshot: Snapshot, budget_tokens: int, count_tokens: Callable[[str], int]) -> list[RepoFile]:
+        ...
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    max_tokens: int = 128
+    multiline: str = "auto"
+    budget: PromptBudget = field(default_factory=PromptBudget)
+    repo_name: Optional[str] = None
+    adapter: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    scope_ms: float = 0.0
+    context_ms: float = 0.0
+    prompt_ms: float = 0.0
+    engine_ms: float = 0.0
+    first_token_ms: float = 0.0
+    post_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def to_json(self) -> dict:
+        return {k: round(v, 2) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class CompletionOutcome:
+    text: str
+    reason: str
+    scope: str = "none"
+    raw: str = ""
+    finish_reason: str = ""
+    timings: StageTimings = StageTimings()
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV cache the engine kept from the previous request
+    new_tokens: int = 0
+    # Forward passes after the first token when the engine decodes with prompt-lookup drafts (fewer than
+    # new_tokens - 1 when drafts were accepted); None for other engines.
+    decode_passes: Optional[int] = None
+    context_files: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    cancelled: bool = False
+    engine_called: bool = False
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "reason": self.reason, "scope": self.scope, "finish_reason": self.finish_reason,
+                "timings": self.timings.to_json(), "prompt_tokens": self.prompt_tokens,
+                "reused_tokens": self.reused_tokens, "new_tokens": self.new_tokens,
+                "decode_passes": self.decode_passes, "context_files": list(self.context_files),
+                "rules": list(self.rules), "cancelled": self.cancelled}
+
+
+def should_complete(snapshot: Snapshot, options: PipelineOptions,
+                    cursor: Optional[CursorContext] = None) -> ScopeDecision:
+    """The scope at the cursor (NONE: no completion here), adjusted to the multi-line setting. `cursor`: what the
+    grammar says about the cursor, built once per completion and handed on to post-processing."""
+    if cursor is None:
+        cursor = cursor_context(snapshot.text, snapshot.offset, snapshot.language, snapshot.tree)
+    d = scope_for_context(cursor, invoked=snapshot.invoked)
+    if options.multiline == "never" and d.scope is Scope.BLOCK:
+        return ScopeDecision(Scope.LINE, d.reason + " (multiline: never)", min(d.max_new_tokens, MAX_TOKENS_LINE),
+                             stop=d.stop, max_lines=1, indent_floor=d.indent_floor)
+    if options.multiline == "always" and d.scope is Scope.LINE:
+        le = line_content_end(snapshot.text, snapshot.offset)
+        if snapshot.text[snapshot.offset:le].strip() == "":
+            return ScopeDecision(Scope.BLOCK, d.reason + " (multiline: always)", MAX_TOKENS_BLOCK, stop=d.stop,
+                                 indent_floor=d.indent_floor)
+    return d
+
+
+class _EarlyStop:
+    """Watches streamed text and sets the generation's event once the scope needs no more lines: `max_lines`
+    lines with content, or (Python blocks) a line after the first indented at or below `indent_floor`."""
+
+    def __init__(self, event: threading.Event, decision: ScopeDecision, cursor_line_has_content: bool):
+        self.event = event
+        self.max_lines = decision.max_lines
+        self.floor = decision.indent_floor
+        self.cursor_line_has_content = cursor_line_has_content
+        self.buf = ""
+        self.lines = 0
+        self.content_lines = 0
+        self.stopped = False
+
+    def __call__(self, piece: str) -> None:
+        if self.stopped:
+            return
+        self.buf += piece
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            first = self.lines == 0
+            self.lines += 1
+            if line.strip() or (first and self.cursor_line_has_content):
+                self.content_lines += 1
+                if not first and self.floor is not None and indent_width(leading_ws(line)) <= self.floor:
+                    self._stop()
+                    return
+            if self.max_lines is not None and self.content_lines >= self.max_lines:
+                self._stop()
+                return
+
+    def _stop(self) -> None:
+        self.stopped = True
+        self.event.set()
+
+
+def _log_outcome(snapshot: Snapshot, out: CompletionOutcome) -> None:
+    t = out.timings
+    log.info(
+        "completion %s@%d v%d: %s; scope %s, context %.1f ms (%d files), prompt %.1f ms (%d tokens, %d reused), "
+        "engine %.1f ms (first token %.1f ms, %d tokens%s, %s), post %.1f ms, total %.1f ms, %d chars",
+        snapshot.path or snapshot.uri, snapshot.offset, snapshot.version, out.reason, out.scope, t.context_ms,
+        len(out.context_files), t.prompt_ms, out.prompt_tokens, out.reused_tokens, t.engine_ms, t.first_token_ms,
+        out.new_tokens, "" if out.decode_passes is None else f", {out.decode_passes} decode passes",
+        out.finish_reason or "-", t.post_ms, t.total_ms, len(out.text))
+
+
+def run_completion(
+    snapshot: Snapshot,
+    *,
+    engine: Engine,
+    fim_format: FimFormat,
+    options: PipelineOptions = PipelineOptions(),
+    cancel: Optional[threading.Event] = None,
+    context: Optional[ContextSource] = None,
+) -> CompletionOutcome:
+    """One completion at `snapshot.offset` (see the module docstring). Never raises for engine failures
+    (`IntarsiaError`): they become an empty outcome whose reason says what failed."""
+    t0 = time.perf_counter()
+    cancel = cancel if cancel is not None else threading.Event()
+    cursor = cursor_context(snapshot.text, snapshot.offset, snapshot.language, snapshot.tree)
+    decision = should_complete(snapshot, options, cursor)
+    t_scope = time.perf_counter()
+    if decision.scope is Scope.NONE:
+        out = CompletionOutcome("", f"no completion: {decision.reason}", "none",
+                                timings=StageTimings(scope_ms=(t_scope - t0) * 1000, total_ms=(t_scope - t0) * 1000))
+        log.debug("completion %s@%d: %s", snapshot.path or snapshot.uri, snapshot.offset, out.reason)
+        return out
+
+    count = engine.count_tokens
+    files: list[RepoFile] = []
+    if context is not None and options.budget.context > 0:
+        try:
+            files = context.select(snapshot, options.budget.context, count)
+        except Exception:  # context is an optional improvement: never lose the completion for it
+            log.warning("repository context failed", exc_info=True)
+    t_ctx = time.perf_counter()
+    parts = build_prompt(fim_format, count, snapshot.text, snapshot.offset, budget=options.budget,
+                         context_files=files, path=snapshot.path, repo_name=options.repo_name)
+    t_prompt = time.perf_counter()
+
+    ls = snapshot.text.rfind("\n", 0, snapshot.offset) + 1
+    watcher = _EarlyStop(cancel, decision, bool(snapshot.text[ls:snapshot.offset].strip()))
+    stops = tuple(dict.fromkeys((*fim_format.stop_strings, *decision.stop)))
+    req = GenerationRequest(prompt=parts.prompt, max_new_tokens=min(decision.max_new_tokens, options.max_tokens),
+                            stop=stops, adapter=options.adapter)
+    timings_common = dict(scope_ms=(t_scope - t0) * 1000, context_ms=(t_ctx - t_scope) * 1000,
+                          prompt_ms=(t_prompt - t_ctx) * 1000)
+    if cancel.is_set():
+        return CompletionOutcome("", "cancelled before the engine ran", decision.scope.value, cancelled=True,
+                                 timings=StageTimings(**timings_common), prompt_tokens=parts.prompt_tokens,
+                                 context_files=parts.context_files)
+    try:
+        res = engine.generate(req, cancel=cancel, on_text=watcher)
+    except IntarsiaError as e:
+        t_eng = time.perf_counter()
+        log.warning("engine failed: %s", e)
+        out = CompletionOutcome("", f"engine error: {e}", decision.scope.value,
+                                timings=StageTimings(**timings_common, engine_ms=(t_eng - t_prompt) * 1000,
+                                                     total_ms=(t_eng - t0) * 1000),
+                                prompt_tokens=parts.prompt_tokens, context_files=parts.context_files,
+                                engine_called=True)
+        _log_outcome(snapshot, out)
+        return out
+    t_eng = time.perf_counter()
+    first_ms = res.timings.first_token_s * 1000
+    cancelled = res.finish_reason == FINISH_CANCELLED and not watcher.stopped
+    if cancelled:
+        out = CompletionOutcome("", "cancelled", decision.scope.value, raw=res.text, finish_reason=res.finish_reason,
+                                timings=StageTimings(**timings_common, engine_ms=(t_eng - t_prompt) * 1000,
+                                                     first_token_ms=first_ms, total_ms=(t_eng - t0) * 1000),
+                                prompt_tokens=parts.prompt_tokens, new_tokens=res.timings.new_tokens,
+                                context_files=parts.context_files, cancelled=True, engine_called=True)
+        _log_outcome(snapshot, out)
+        return out
+    # Stopped by the token limit or by the early stop: the last line may be unfinished.
+    truncated = res.finish_reason == FINISH_LENGTH or watcher.stopped
+    post = postprocess(snapshot.text, snapshot.offset, res.text, language=snapshot.language, scope=decision.scope,
+                       truncated=truncated, context=cursor)
+    text = post.text if post.valid else ""
+    if decision.scope is Scope.LINE and text.endswith("\n") and "\n" not in text.rstrip("\r\n"):
+        # One line: the document already has the line break (or it is the end of the file).
+        text = text.rstrip("\r\n")
+    t_post = time.perf_counter()
+    finish = "early-stop" if watcher.stopped else res.finish_reason
+    out = CompletionOutcome(
+        text=text,
+        reason=post.reason,
+        scope=decision.scope.value,
+        raw=res.text,
+        finish_reason=finish,
+        timings=StageTimings(**timings_common, engine_ms=(t_eng - t_prompt) * 1000, first_token_ms=first_ms,
+                             post_ms=(t_post - t_eng) * 1000, total_ms=(t_post - t0) * 1000),
+        prompt_tokens=res.timings.prompt_tokens or parts.prompt_tokens,
+        reused_tokens=res.timings.reused_tokens,
+        new_tokens=res.timings.new_tokens,
+        decode_passes=res.extra.get("lookup_passes"),
+        context_files=parts.context_files,
+        rules=tuple(post.rules),
+        engine_called=True,
+    )
+    _log_outcome(snapshot, out)
+    return out
+
+
+__all__ = ["ContextSource", "PipelineOptions", "StageTimings", "CompletionOutcome", "should_complete",
+           "run_completion"]
