@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "bytes": len(source.encode("utf-8")),
         "samples": args.samples,
         "rounds": max(1, args.rounds),
-        # Server flow: completion_scope, generation, then postprocess at the same cursor (the cursor
+        # Server flow: the scope, generation, then postprocess at the same cursor (the cursor
         # analysis built for the scope decision is reused).
         "postprocess_ms": summary(post_ms),
         "postprocess_p95_by_round_ms": round_p95,

@@ -78,6 +78,7 @@ def main() -> int:
     from intarsia.server.core.files import list_files
     from intarsia.server.core.completion import PipelineOptions, run_completion
     from intarsia.server.core.documents import Snapshot
+    from intarsia.server.core.prompt import PromptBudget
 
     if args.repo is None:
         import peft
@@ -105,8 +106,8 @@ def main() -> int:
             for name, budget in (("with_context", args.context_tokens), ("without_context", 0)):
                 snap = Snapshot(uri=(root / rel).as_uri(), version=1, text=doc, offset=offset, language_id="python",
                                 language=lang, path=rel, invoked=True, fs_path=str(root / rel))
-                opts = PipelineOptions(max_tokens=48, prompt_budget_tokens=args.prompt_tokens,
-                                       context_budget_tokens=budget, suffix_budget_tokens=64, repo_name=root.name)
+                opts = PipelineOptions(max_tokens=48, budget=PromptBudget(prompt=args.prompt_tokens, context=budget,
+                                                                          suffix=64), repo_name=root.name)
                 out = run_completion(snap, engine=engine, fim_format=QWEN25_CODER, options=opts,
                                      context=provider if budget else None)
                 got = out.text.split("\n", 1)[0].strip()
