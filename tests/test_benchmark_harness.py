@@ -100,8 +100,13 @@ def test_kernel_benchmark_times_the_served_computation(type_name):
     want = a @ w.T
     scale = np.abs(want).max()
     for sess, tol in [(mk.exact_session(form, k, n, 1, 1), 1e-5), (mk.exact_session(form, k, n, 4, 1), 2e-2),
-                      (mk.dense_session(w, 1), 1e-5), (mk.int8_session(w, 1), 5e-2)]:
+                      (mk.dense_session(w, 1), 1e-5)]:
         got = sess.run(None, {"A": a})[0]
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= tol * scale
+    # The int8 per-channel ceiling is not exact: every output within its quantization steps' worst-case bound, on
+    # every CPU (AVX2, VNNI and AMX compute the same integer products), and close overall (the bound is loose).
+    got = mk.int8_session(w, 1).run(None, {"A": a})[0]
+    assert np.all(np.abs(got - want) <= mk.int8_error_bound(a, w) * 1.001 + 1e-6 * scale)
+    assert np.linalg.norm(got - want) <= 0.05 * np.linalg.norm(want)
     assert mk.time_ms(mk.dense_session(w, 1), a, 2, 1) > 0
