@@ -67,6 +67,10 @@ def main() -> int:
     ap.add_argument("--context-tokens", type=int, default=512)
     ap.add_argument("--model", default=None)
     ap.add_argument("--rows", action="store_true")
+    ap.add_argument("--context-mode", choices=["file", "region"], default="file",
+                    help="repository context chosen once per file (the server's) or per region of lines")
+    ap.add_argument("--window-tokens", type=int, default=None,
+                    help="cap the current file's part of the prompt (the short cold-start prompt's window)")
     args = ap.parse_args()
 
     from intarsia.grammars.registry import get_language
@@ -76,7 +80,7 @@ def main() -> int:
     from intarsia.model.registry import resolve_source
     from intarsia.server.core.context import ContextProvider, RepoIndex
     from intarsia.server.core.files import list_files
-    from intarsia.server.core.completion import PipelineOptions, run_completion
+    from intarsia.server.core.completion import PipelineOptions, QuickStart, run_completion
     from intarsia.server.core.documents import Snapshot
     from intarsia.server.core.prompt import PromptBudget
 
@@ -90,7 +94,7 @@ def main() -> int:
     picks = samples_from(root, held, args.samples, args.seed)
     index = RepoIndex(root)
     index.build()
-    provider = ContextProvider(index)
+    provider = ContextProvider(index, per_file=args.context_mode == "file")
     lang = get_language("python")
     built = build(resolve_source(args.model), BuildOptions(), progress=True)
     rows = []
@@ -107,7 +111,9 @@ def main() -> int:
                 snap = Snapshot(uri=(root / rel).as_uri(), version=1, text=doc, offset=offset, language_id="python",
                                 language=lang, path=rel, invoked=True, fs_path=str(root / rel))
                 opts = PipelineOptions(max_tokens=48, budget=PromptBudget(prompt=args.prompt_tokens, context=budget,
-                                                                          suffix=64), repo_name=root.name)
+                                                                          suffix=64), repo_name=root.name,
+                                       quick=None if args.window_tokens is None else
+                                       QuickStart(window_tokens=args.window_tokens, cold_tokens=-1))
                 out = run_completion(snap, engine=engine, fim_format=QWEN25_CODER, options=opts,
                                      context=provider if budget else None)
                 got = out.text.split("\n", 1)[0].strip()
@@ -127,6 +133,7 @@ def main() -> int:
 
     result = {"repo": str(root), "files": len(files), "held_out_files": len(held), "samples": len(rows),
               "seed": args.seed, "prompt_tokens": args.prompt_tokens, "context_tokens": args.context_tokens,
+              "context_mode": args.context_mode, "window_tokens": args.window_tokens,
               "index": index.stats(), "with_context": summary("with_context"),
               "without_context": summary("without_context")}
     if args.rows:

@@ -11,6 +11,10 @@ Request→response wall time per request, p50/p95 per kind, and the server's pea
 Debounce is set to 0 so the figures are the server's own time (an editor adds its debounce on top).
 
     python benchmarks/server_latency.py [--samples 12] [--keystrokes 4] [--model NAME] [--file PATH]
+                                        [--settings JSON] [--server-tree DIR] [--label NAME]
+
+`--server-tree DIR` runs the server from another checkout (see lsp_bench.py): the previous code and this one,
+one after the other on the same machine.
 
 Prints one JSON object on stdout; the server log goes to a temporary file (its tail on failure).
 """
@@ -31,6 +35,9 @@ from pathlib import Path
 from lsprotocol import types as t
 from pygls.lsp.client import LanguageClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lsp_bench import item_text, pct, rss_mb, start_server, wait_ready  # noqa: E402
+
 STATEMENT = re.compile(r"^(\s{4,})(\w[\w.]*\s*(=|\+=|-=)\s*\S.{8,}|return\s+\S.{8,}|\w[\w.]*\(.{8,})$")
 
 
@@ -44,68 +51,22 @@ def pick_lines(text: str, n: int) -> list[int]:
     return [cands[int(k * step)] for k in range(n)]
 
 
-def pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    k = min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))
-    return round(1000 * xs[k], 1)
-
-
-def rss_mb(pid: int) -> dict:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmHWM:", "VmRSS:")):
-                key, val = line.split(":", 1)
-                out["peak_rss_mb" if key == "VmHWM" else "rss_mb"] = round(int(val.split()[0]) / 1024, 1)
-    except OSError:
-        pass
-    return out
-
-
-def item_text(res) -> str:
-    items = res.items if isinstance(res, t.InlineCompletionList) else (res or [])
-    if not items:
-        return ""
-    it = items[0]
-    return it.insert_text if isinstance(it.insert_text, str) else it.insert_text.value
-
-
 async def run(args: argparse.Namespace) -> dict:
     source = Path(args.file) if args.file else Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
     text = source.read_text()
     targets = pick_lines(text, args.samples)
     ws = Path(tempfile.mkdtemp(prefix="intarsia-latency-"))
     log = ws.parent / (ws.name + ".log")
-    settings = {"engine": "ort", "debounceMs": 0, "acceptanceLog": False}
+    settings = {"engine": "ort", "debounceMs": 0, "acceptanceLog": False, **json.loads(args.settings)}
     if args.model:
         settings["model"] = args.model
     client = LanguageClient("intarsia-latency-bench", "1")
-    await client.start_io(sys.executable, "-m", "intarsia.server.cli", "serve", "--log-file", str(log))
-    pid = client._server.pid  # type: ignore[attr-defined]
-    await client.initialize_async(t.InitializeParams(
-        capabilities=t.ClientCapabilities(
-            general=t.GeneralClientCapabilities(position_encodings=[t.PositionEncodingKind.Utf16]),
-            text_document=t.TextDocumentClientCapabilities(
-                synchronization=t.TextDocumentSyncClientCapabilities(),
-                inline_completion=t.InlineCompletionClientCapabilities())),
-        root_uri=ws.as_uri(), workspace_folders=[t.WorkspaceFolder(uri=ws.as_uri(), name="ws")],
-        initialization_options={"intarsia": settings}))
-    client.initialized(t.InitializedParams())
+    pid = await start_server(client, ws, log, settings, tree=args.server_tree)
 
     async def execute(name: str, *a):
         return await client.workspace_execute_command_async(t.ExecuteCommandParams(command=name, arguments=list(a)))
 
-    t0 = time.perf_counter()
-    while True:
-        st = await execute("intarsia.status")
-        if st["state"] == "ready":
-            break
-        if st["state"] == "failed" or time.perf_counter() - t0 > 900:
-            raise SystemExit(f"the engine did not load: {st}\n{log.read_text()[-3000:] if log.exists() else ''}")
-        await asyncio.sleep(0.1)
-    load_s = time.perf_counter() - t0
+    load_s, _ = await wait_ready(client, log)
 
     async def request(uri: str, line: int, col: int) -> tuple[float, str]:
         s = time.perf_counter()
@@ -148,7 +109,8 @@ async def run(args: argparse.Namespace) -> dict:
     await client.stop()
     total = sum(len(v) for v in times.values())
     return {
-        "file": str(source), "samples": args.samples, "keystrokes_per_sample": args.keystrokes,
+        "label": args.label, "server_tree": args.server_tree, "file": str(source), "samples": args.samples,
+        "keystrokes_per_sample": args.keystrokes,
         "model": args.model or "default", "settings": settings, "engine_load_s": round(load_s, 1),
         "requests": total, "with_a_suggestion": shown,
         **{kind: {"n": len(v), "p50_ms": pct(v, 0.5), "p95_ms": pct(v, 0.95),
@@ -163,6 +125,9 @@ def main() -> int:
     ap.add_argument("--keystrokes", type=int, default=4)
     ap.add_argument("--model", default=None)
     ap.add_argument("--file", default=None)
+    ap.add_argument("--settings", default="{}", help="extra server settings (JSON)")
+    ap.add_argument("--server-tree", default=None, help="run the server from this checkout")
+    ap.add_argument("--label", default="server")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run(args)), indent=1))
     return 0

@@ -258,6 +258,11 @@ class LocalEngine(Engine):
         self._lock = threading.Lock()
         self._closed = False
         self._tok: Any = None
+        self._chat_template: Optional[str] = None  # a subclass reads it from its model folder (model.chat)
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        return self._chat_template
 
     # ---- tokenizer -------------------------------------------------------------------------------------------
 

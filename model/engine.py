@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
+from .chat import ChatMessage, ChatTemplateError, render_chat
 from .errors import EngineError
 
 FINISH_STOP = "stop"  # a stop string matched
@@ -148,6 +149,10 @@ class Engine(abc.ABC):
       an unknown name is an EngineError when set (engines without run-time adapters) or for the requests that use
       it (OrtEngine, where an adapter may be loaded after it is named).
     - `reset_cache()` (does nothing): forget what the engine keeps between requests; the next one runs cold.
+    - `chat_template` (None): the model's own chat template (Jinja source, `model.chat`); `render_chat(messages)`
+      renders a conversation with it (ChatTemplateError when the model has none).
+    A request runs on the base model, without any adapter, with `GenerationRequest(adapter=BASE_ADAPTER)`:
+    every engine honours it, whatever its default adapter.
     """
 
     name: str = "engine"
@@ -223,10 +228,47 @@ class Engine(abc.ABC):
         if name not in (None, BASE_ADAPTER):
             raise EngineError(f"adapter '{name}' is not loaded (the {self.name} engine has no run-time adapters)")
 
+    # ---- chat ------------------------------------------------------------------------------------------------
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        """The model's chat template (Jinja source), None when the model has none (or the engine cannot say)."""
+        return None
+
+    def render_chat(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
+        """The prompt of `messages` in the model's own chat format, ending where the assistant's answer starts
+        (with `add_generation_prompt`). Raises ChatTemplateError when the model has no chat template."""
+        template = self.chat_template
+        if template is None:
+            raise ChatTemplateError(f"the {self.name} engine's model has no chat template (no chat_template.jinja "
+                                    "or tokenizer_config.json chat_template): it can only be prompted for code "
+                                    "completion")
+        return render_chat(template, messages, add_generation_prompt=add_generation_prompt)
+
     # ---- state -----------------------------------------------------------------------------------------------
 
     def reset_cache(self) -> None:
         """Forget any cache kept between requests (the next request runs cold). Default: nothing is kept."""
+
+    @property
+    def kv_slots(self) -> int:
+        """KV caches kept between requests (0: none)."""
+        return 0
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Memory those caches hold."""
+        return 0
+
+    def cached_tokens(self, prompt: str, *, adapter: Optional[str] = None) -> int:
+        """How many tokens of `prompt` a request would not compute again (a kept KV cache). Default: 0."""
+        return 0
+
+    def prefill(self, prompt: str, *, adapter: Optional[str] = None, cancel: Optional[threading.Event] = None,
+                reserve: int = 256, chunk: int = 64) -> int:
+        """Compute the KV cache of `prompt` ahead of its request (idle-time pre-warming), stopping at `cancel`;
+        returns the tokens computed. Default: an engine that keeps no cache computes nothing (0)."""
+        return 0
 
     def close(self) -> None:
         """Release the model; the engine cannot be used afterwards."""

@@ -61,6 +61,9 @@ class EngineSpec:
     accuracy_level: int = 4
     threads: Optional[int] = None
     lookup_draft: int = DEFAULT_DRAFT
+    kv_slots: int = 1  # KV caches kept by recency (ORT)
+    kv_cache_mb: Optional[int] = None  # their memory bound
+    max_length: Optional[int] = None  # tokens a KV slot holds (None: the engine's default, 4096)
     fim_format: Optional[str] = None  # None: the model's own
     adapter: Optional[str] = None  # an explicit adapter: an .onnx_adapter file or a peft folder
     workspace: Optional[str] = None  # serve the adapter `intarsia train` promoted for this folder
@@ -285,7 +288,8 @@ def _open_ort(spec: EngineSpec, progress: Optional[Progress]) -> LoadedEngine:
         store = AdapterStore(spec.workspace, src.cache_name)
     _progress(progress, f"loading {src.name}", 30)
     engine = OrtEngine(built.path, provider=spec.device, threads=spec.threads, adapters=adapters,
-                       default_adapter=default_adapter, lookup_draft=spec.lookup_draft)
+                       default_adapter=default_adapter, lookup_draft=spec.lookup_draft, kv_slots=spec.kv_slots,
+                       kv_cache_mb=spec.kv_cache_mb, max_length=spec.max_length)
     loaded = LoadedEngine(engine, fmt, "", str(built.path), store=store,
                           build_key=built.manifest.get("build_key", "model"), base_adapter=base_adapter,
                           fim_adapter_error=fim_error, built=built, adapters=dict(adapters))

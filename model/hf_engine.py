@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .chat import read_chat_template
 from .decoding import HfTokenizerFile, LocalEngine, PreparedRequest, sample_token
 from .engine import BASE_ADAPTER, FINISH_CANCELLED, GenerationResult
 from .errors import EngineError, ModelNotFoundError
@@ -137,6 +138,7 @@ class HfEngine(LocalEngine):
             except Exception as e:
                 raise EngineError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}") from None
             self._tok = _load_tokenizer(tokenizer if tokenizer is not None else model_dir)
+            self._chat_template = read_chat_template(model_dir)
         else:
             model = model_dir_or_model
             source = tokenizer if tokenizer is not None else getattr(model, "name_or_path", None) or None

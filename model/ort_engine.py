@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .decoding import HfTokenizerFile, LocalEngine, PreparedRequest, common_prefix_len, first_line, sample_token
+from .chat import read_chat_template
+from .decoding import HfTokenizerFile, LocalEngine, PreparedRequest, first_line, sample_token
+from .kv_slots import Slot, SlotPool
 from .engine import BASE_ADAPTER, FINISH_CANCELLED, GenerationResult
 from .errors import EngineError, ModelNotFoundError
 from .lookup import DEFAULT_DRAFT, LookupDecoder, logits_rows
@@ -114,6 +117,8 @@ class OrtEngine(LocalEngine):
         eos_token_ids: Optional[Sequence[int]] = None,
         seed: Optional[int] = None,
         lookup_draft: Optional[int] = None,
+        kv_slots: int = 1,
+        kv_cache_mb: Optional[int] = None,
     ):
         super().__init__()
         self.model_dir = Path(model_dir)
@@ -179,6 +184,7 @@ class OrtEngine(LocalEngine):
             self._tok = HfTokenizerFile(tok_file)
         else:
             self._tok = _OgTokenizer(og.Tokenizer(self._model))
+        self._chat_template = read_chat_template(self.model_dir)
         log.info(
             "loaded %s on %s (%s threads, context %d)",
             self.model_dir,
@@ -187,10 +193,11 @@ class OrtEngine(LocalEngine):
             self.context_length,
         )
 
-        self._generator = None
-        self._gen_max_length = 0
-        self._gen_adapter: Optional[str] = None
-        self._all_in_cache = True  # every token of the generator's sequence has its KV entry
+        # KV caches by recency (model/kv_slots.py); `kv_cache_mb` bounds their KV memory (one slot always fits).
+        self.kv_bytes_per_token = _kv_bytes_per_token(model_cfg, provider)
+        self._slots = SlotPool(kv_slots, bytes_per_token=self.kv_bytes_per_token,
+                               budget_bytes=None if kv_cache_mb is None else int(kv_cache_mb) << 20)
+        self._slot: Optional[Slot] = None  # the slot the running request uses
         self._adapters = None  # og.Adapters, created on the first load
         self._adapter_paths: dict[str, Path] = {}
         self._lora_inputs: Optional[dict[str, tuple[str, tuple[Optional[int], ...]]]] = None
@@ -314,55 +321,97 @@ class OrtEngine(LocalEngine):
                 self.default_adapter = None
 
     def _unload_locked(self, name: str) -> None:
-        if self._gen_adapter == name:
-            self._drop_generator()
+        # Every generator running the adapter must be gone before onnxruntime-genai lets it go.
+        self._slots.drop(name)
+        if self._slot is not None and self._slot.adapter == name:
+            self._slot = None
         self._adapters.unload(name)
         del self._adapter_paths[name]
 
-    # ---- generation ------------------------------------------------------------------------------------------
+    # ---- KV slots --------------------------------------------------------------------------------------------
 
-    def _drop_generator(self) -> None:
-        self._generator = None
-        self._gen_max_length = 0
-        self._gen_adapter = None
+    @property
+    def kv_slots(self) -> int:
+        return len(self._slots)
 
-    def _new_generator(self, needed: int, adapter: Optional[str]):
-        self._drop_generator()
+    @property
+    def kv_cache_bytes(self) -> int:
+        """KV memory the slots hold (their allocated length, not their filled part)."""
+        return self._slots.bytes
+
+    def _slot_for(self, prompt: list[int], adapter: Optional[str], needed: int, *,
+                  run_last: bool = True, extend_only: bool = False) -> tuple[Slot, int, bool]:
+        """(slot, prompt tokens it already holds, whether it was made now) for a request needing `needed` tokens;
+        `run_last`: keep the last prompt token to run (a generation needs its logits)."""
         length = self.max_length
         if needed > length:
             length = min(self.context_length, 1 << math.ceil(math.log2(needed)))
+        pick = self._slots.pick(prompt, adapter, needed, length, run_last=run_last, extend_only=extend_only)
+        if pick.slot is not None:
+            slot = pick.slot
+            if pick.reuse < len(slot.cached()):
+                slot.gen.rewind_to(pick.reuse)
+            slot.all_in_cache = True  # after the rewind, and for every token appended by the caller
+            slot.touch()
+            return slot, pick.reuse, False
+        if pick.evict is not None:
+            self._slots.remove(pick.evict)
         params = self._og.GeneratorParams(self._model)
         params.set_search_options(max_length=length, do_sample=False)
         gen = self._og.Generator(self._model, params)
         if adapter is not None:
             gen.set_active_adapter(self._adapters, adapter)
-        self._generator, self._gen_max_length, self._gen_adapter = gen, length, adapter
-        log.debug("new generator (max_length %d, adapter %s)", length, adapter)
-        return gen
+        slot = Slot(gen, length, adapter)
+        self._slots.add(slot)
+        log.debug("new KV slot (max_length %d, adapter %s; %d slots)", length, adapter, len(self._slots))
+        return slot, 0, True
+
+    def cached_tokens(self, prompt: str, *, adapter: Optional[str] = None) -> int:
+        """How many tokens of `prompt` a KV slot already holds (the rest would be computed)."""
+        with self._lock:
+            self._check_open()
+            ids = self.encode(prompt)
+            return self._slots.best(ids, self._select_adapter(adapter))[1] if ids else 0
+
+    def prefill(self, prompt: str, *, adapter: Optional[str] = None, cancel: Optional[threading.Event] = None,
+                reserve: int = 256, chunk: int = 64) -> int:
+        """Compute the KV cache of `prompt` ahead of the request that will send it (idle-time pre-warming), in
+        chunks of `chunk` tokens with `cancel` checked between them, so that a real request waits at most one
+        chunk. Returns the tokens computed (0: all were cached). `reserve`: tokens a request may generate after
+        it (the slot must be long enough)."""
+        with self._lock:
+            self._check_open()
+            try:
+                ids = self.encode(prompt)
+                if not ids or len(ids) >= self.context_length:
+                    return 0
+                adapter = self._select_adapter(adapter)
+                slot, reused, _ = self._slot_for(ids, adapter, min(len(ids) + reserve, self.context_length),
+                                                 run_last=False, extend_only=True)
+                pos = reused
+                while pos < len(ids):
+                    if cancel is not None and cancel.is_set():
+                        break
+                    end = min(pos + chunk, len(ids))
+                    slot.gen.append_tokens(np.asarray(ids[pos:end], dtype=np.int32))
+                    pos = end
+                return pos - reused
+            except EngineError:
+                raise
+            except Exception as e:
+                self._after_failure()
+                raise EngineError(f"{self._runtime_label} prefill failed: {first_line(e)}") from e
 
     def _generate_locked(self, job: PreparedRequest) -> GenerationResult:
         request, prompt, max_new, adapter = job.request, job.prompt, job.max_new, job.adapter
         sw, cancel = job.stopwatch, job.cancel
         needed = len(prompt) + max_new
 
-        gen = self._generator
-        rebuilt = False
-        reused = 0
-        if gen is None or self._gen_adapter != adapter or needed > self._gen_max_length:
-            gen = self._new_generator(needed, adapter)
-            rebuilt = True
-        else:
-            cached = gen.get_sequence(0)
-            # Keep at least one prompt token to run (its logits start the generation). A token chosen by
-            # generate_next_token is in the sequence without a KV entry yet; tokens appended by append_tokens
-            # (prefill, lookup and sampling decoding) all have one.
-            in_cache = len(cached) if self._all_in_cache else max(len(cached) - 1, 0)
-            reused = min(common_prefix_len(cached, prompt), len(prompt) - 1, in_cache)
-            if reused < len(cached):
-                gen.rewind_to(reused)
-        self._all_in_cache = True  # after the rewind, and for every token appended below
+        slot, reused, rebuilt = self._slot_for(prompt, adapter, needed)
+        self._slot = slot
+        gen = slot.gen
 
-        extra = {"rebuilt": rebuilt, "adapter": adapter, "provider": self.provider}
+        extra = {"rebuilt": rebuilt, "adapter": adapter, "provider": self.provider, "kv_slots": len(self._slots)}
         if cancel is not None and cancel.is_set():
             return self._result(job, "", (), FINISH_CANCELLED, reused, extra)
 
@@ -411,25 +460,39 @@ class OrtEngine(LocalEngine):
                 gen.generate_next_token()
                 return int(gen.get_next_tokens()[0])
 
-        self._all_in_cache = lookup is not None or request.temperature > 0 or ignore_eos
+        slot.all_in_cache = lookup is not None or request.temperature > 0 or ignore_eos
         out = self._run_loop(job, next_token)
         if lookup is not None:
             extra.update(lookup.stats())
         return self._result(job, out.text, out.token_ids, out.finish_reason, reused, extra)
 
     def reset_cache(self) -> None:
-        """Forget the KV cache (the next request runs cold)."""
+        """Forget every KV cache (the next request runs cold)."""
         with self._lock:
-            self._drop_generator()
+            self._slots.drop(everything=True)
+            self._slot = None
 
     def _after_failure(self) -> None:
-        # The generator may be in any state after a runtime failure: start the next request cold.
-        self._drop_generator()
+        # The slot's generator may be in any state after a runtime failure: drop it (the others are intact).
+        if self._slot is not None:
+            self._slots.remove(self._slot)
+            self._slot = None
 
     def _release_locked(self) -> None:
-        self._drop_generator()
+        self._slots.drop(everything=True)
+        self._slot = None
         self._adapters = None
         self._model = None
+
+
+def _kv_bytes_per_token(model_cfg: dict, provider: str) -> int:
+    """Bytes of K and V per token over all layers (fp32 on the CPU, fp16 on CUDA), from genai_config.json."""
+    dec = model_cfg.get("decoder", {})
+    try:
+        per = 2 * int(dec["num_hidden_layers"]) * int(dec["num_key_value_heads"]) * int(dec["head_size"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+    return per * (2 if provider == "cuda" else 4)
 
 
 class _OgTokenizer:

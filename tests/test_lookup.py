@@ -16,7 +16,8 @@ from intarsia.model.engine import GenerationRequest
 from intarsia.model.errors import BuildError
 from intarsia.model.fim import QWEN25_CODER
 from intarsia.model.lookup import DRAFT_ROWS, LookupDecoder, PromptLookup, add_draft_logits, logits_rows
-from intarsia.model.ort_engine import OrtEngine, common_prefix_len
+from intarsia.model.decoding import common_prefix_len
+from intarsia.model.ort_engine import OrtEngine
 
 from tiny import build_ort, make_tiny_qwen2
 

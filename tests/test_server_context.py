@@ -189,7 +189,7 @@ def test_selection_is_cached_per_region(tmp_path):
     ws = _workspace(tmp_path, git=False)
     idx = RepoIndex(ws)
     idx.build()
-    prov = ContextProvider(idx)
+    prov = ContextProvider(idx, per_file=False)
     calls = []
     count = TestEngine().count_tokens
     orig = prov._select
@@ -201,6 +201,30 @@ def test_selection_is_cached_per_region(tmp_path):
     idx.update_file(ws / "src" / "network.py", "def z():\n    pass\n")  # the index changed: recomputed
     prov.select(_snapshot(base + "xyz"), 300, count)
     assert len(calls) == 2
+
+
+def test_selection_per_file_holds_until_saved_or_drifted(tmp_path):
+    """The server's mode: one selection per document, so every prompt in it starts alike (KV-cache reuse)."""
+    ws = _workspace(tmp_path, git=False)
+    idx = RepoIndex(ws)
+    idx.build()
+    prov = ContextProvider(idx)
+    calls = []
+    count = TestEngine().count_tokens
+    orig = prov._select
+    prov._select = lambda *a: calls.append(1) or orig(*a)  # type: ignore[method-assign]
+    body = "".join(f"def f{i}(points):\n    return polygon_perimeter(points) + {i}\n" for i in range(60))
+    first = prov.select(_snapshot(body + "x"), 300, count)
+    assert first and any("polygon_perimeter" in f.content for f in first)
+    far = D.Document("file:///ws/src/app.py", body + "x", 1, "python", path="src/app.py").snapshot(10)
+    assert prov.select(far, 300, count) == first  # another place in the file: the same context
+    idx.update_file(ws / "src" / "network.py", "def z():\n    pass\n")  # another file saved: kept
+    assert prov.select(_snapshot(body + "xy"), 300, count) == first and len(calls) == 1
+    prov.refresh("file:///ws/src/app.py")  # this document saved: chosen again
+    prov.select(_snapshot(body + "xyz"), 300, count)
+    assert len(calls) == 2
+    prov.select(_snapshot(body + "q" * 2500), 300, count)  # drifted
+    assert len(calls) == 3
 
 
 def test_query_terms_use_the_lines_around_the_cursor():

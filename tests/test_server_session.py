@@ -20,6 +20,8 @@ SRC = "def add(a, b):\n    return \n"  # cursor: line 1, character 11
 
 
 def _session(tmp_path, table=None, **extra) -> Session:
+    # Counting tests: no speculative next suggestion and no pre-warming unless a test asks for them.
+    extra = {"speculate": False, "prewarm": False, **extra}
     raw = {"engine": "test", "debounceMs": 0, "contextBudgetTokens": 0,
            "test": {"table": table or {"return ": "a + b"}, **extra.pop("test", {})}, **extra}
     settings, warnings = parse_settings(raw)
@@ -55,17 +57,29 @@ async def test_not_ready_answers_empty_at_once(tmp_path, cache_dir):
     await s.shutdown()
 
 
-async def test_newer_request_cancels_the_running_one(tmp_path, cache_dir):
+async def test_newer_request_joins_or_cancels_the_running_one(tmp_path, cache_dir):
     s = _session(tmp_path, table={"return ": "a+" * 30 + "c"}, test={"tokenDelayMs": 20})
     await _ready(s)
     s.did_open(URI, "python", 1, SRC)
-    t0 = time.perf_counter()
+    # The same place again (or characters typed at the cursor): the running generation is joined, not restarted.
     first = asyncio.create_task(s.complete(URI, 1, 11, invoked=True))
     await asyncio.sleep(0.1)
     second = asyncio.create_task(s.complete(URI, 1, 11, invoked=True))
     a, b = await asyncio.gather(first, second)
-    assert a is None and b is not None and b.text.endswith("c")
-    assert s.counters["superseded"] == 1
+    assert a is not None and b is not None and a.text == b.text and b.text.endswith("c")
+    assert s.counters["joined"] == 1 and s.host.loaded.engine.calls == 1
+    # An edit elsewhere: the running generation stops early and the newer request runs.
+    s.host.loaded.engine.table = [("return ", "b+" * 30 + "d")]
+    other = "file:///ws/other.py"
+    s.did_open(other, "python", 1, SRC)
+    t0 = time.perf_counter()
+    first = asyncio.create_task(s.complete(other, 1, 11, invoked=True))
+    await asyncio.sleep(0.1)
+    s.did_change(other, 2, [((0, 0, 0, 0), "# sum\n")])
+    second = asyncio.create_task(s.complete(other, 2, 11, invoked=True))
+    a, b = await asyncio.gather(first, second)
+    assert a is None and b is not None and b.text.endswith("d")
+    assert s.counters["superseded"] + s.counters["stale"] >= 1
     # The first generation stopped early: both together took far less than two full ones (2 x 61 x 20 ms).
     assert time.perf_counter() - t0 < 2.0
     await s.shutdown()

@@ -26,7 +26,7 @@ from intarsia.model.errors import IntarsiaError
 from intarsia.model.fim import FimFormat, RepoFile
 
 from .documents import Snapshot, line_content_end
-from .prompt import PromptBudget, build_prompt
+from .prompt import PromptBudget, PromptParts, build_prompt
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,27 @@ class ContextSource(Protocol):
 
 
 @dataclass(frozen=True)
+class QuickStart:
+    """A first suggestion at a cold place from a short prompt: when more than `cold_tokens` of the full prompt
+    would have to be computed (no KV cache holds them), the engine gets the same repository context (cached per
+    file) and only `window_tokens` of the file around the cursor, or the window alone when that context is not
+    cached either (a file seen for the first time), and at most `max_new_tokens` are generated; the full prompt is
+    pre-filled afterwards."""
+
+    window_tokens: int = 256
+    cold_tokens: int = 384
+    quantum: int = 8  # lines: the short window's start moves in small steps
+    max_new_tokens: int = 48  # the first answer comes sooner; the next request (a warm prompt) may say more
+
+
+@dataclass(frozen=True)
 class PipelineOptions:
     max_tokens: int = 128
     multiline: str = "auto"
     budget: PromptBudget = field(default_factory=PromptBudget)
     repo_name: Optional[str] = None
     adapter: Optional[str] = None
+    quick: Optional[QuickStart] = None
 
 
 @dataclass(frozen=True)
@@ -77,13 +92,14 @@ class CompletionOutcome:
     rules: tuple[str, ...] = ()
     cancelled: bool = False
     engine_called: bool = False
+    quick: bool = False  # answered from the short prompt (`QuickStart`); the full one is worth pre-filling
 
     def to_json(self) -> dict:
         return {"text": self.text, "reason": self.reason, "scope": self.scope, "finish_reason": self.finish_reason,
                 "timings": self.timings.to_json(), "prompt_tokens": self.prompt_tokens,
                 "reused_tokens": self.reused_tokens, "new_tokens": self.new_tokens,
                 "decode_passes": self.decode_passes, "context_files": list(self.context_files),
-                "rules": list(self.rules), "cancelled": self.cancelled}
+                "rules": list(self.rules), "cancelled": self.cancelled, "quick": self.quick}
 
 
 def should_complete(snapshot: Snapshot, options: PipelineOptions,
@@ -151,6 +167,67 @@ def _log_outcome(snapshot: Snapshot, out: CompletionOutcome) -> None:
         out.finish_reason or "-", t.post_ms, t.total_ms, len(out.text))
 
 
+def context_files(snapshot: Snapshot, engine: Engine, options: PipelineOptions,
+                  context: Optional[ContextSource]) -> list[RepoFile]:
+    """Repository context for the snapshot within `options.budget.context` (none when it fails: context is an
+    improvement, never a reason to lose the completion)."""
+    if context is None or options.budget.context <= 0:
+        return []
+    try:
+        return context.select(snapshot, options.budget.context, engine.count_tokens)
+    except Exception:
+        log.warning("repository context failed", exc_info=True)
+        return []
+
+
+def prompt_parts(snapshot: Snapshot, engine: Engine, fim_format: FimFormat, options: PipelineOptions,
+                 files: list[RepoFile]) -> PromptParts:
+    """The full prompt at the cursor, within the budget."""
+    return build_prompt(fim_format, engine.count_tokens, snapshot.text, snapshot.offset, budget=options.budget,
+                        context_files=files, path=snapshot.path, repo_name=options.repo_name)
+
+
+def quick_parts(snapshot: Snapshot, engine: Engine, fim_format: FimFormat, options: PipelineOptions,
+                files: list[RepoFile], full: PromptParts) -> Optional[PromptParts]:
+    """The short prompt (`QuickStart`) when more than `cold_tokens` of the full one are not cached, else None:
+    the window with the repository context when that context is cached (at most `cold_tokens` left to compute),
+    else whichever of the window with or without it leaves the fewest tokens to compute."""
+    q = options.quick
+    if q is None:
+        return None
+    cold = full.prompt_tokens - engine.cached_tokens(full.prompt, adapter=options.adapter)
+    if cold <= q.cold_tokens:
+        return None
+    best, best_cold = None, cold
+    for with_files in ((files, []) if files else (files,)):
+        short = build_prompt(fim_format, engine.count_tokens, snapshot.text, snapshot.offset, budget=options.budget,
+                             context_files=with_files, path=snapshot.path, repo_name=options.repo_name,
+                             window_tokens=q.window_tokens, quantum=q.quantum)
+        short_cold = short.prompt_tokens - engine.cached_tokens(short.prompt, adapter=options.adapter)
+        if short_cold <= q.cold_tokens:
+            return short  # (the first that is warm enough: the one with the repository context when it is)
+        if short_cold < best_cold:
+            best, best_cold = short, short_cold
+    return best
+
+
+def prefill_completion(snapshot: Snapshot, *, engine: Engine, fim_format: FimFormat,
+                       options: PipelineOptions = PipelineOptions(), cancel: Optional[threading.Event] = None,
+                       context: Optional[ContextSource] = None) -> int:
+    """Pre-warm: compute the KV cache of the prompt a completion at this cursor would send (the short one first
+    when `options.quick` applies, then the full one), stopping at `cancel`. Returns the tokens computed."""
+    files = context_files(snapshot, engine, options, context)
+    full = prompt_parts(snapshot, engine, fim_format, options, files)
+    done = 0
+    short = quick_parts(snapshot, engine, fim_format, options, files, full) if options.quick else None
+    for parts in ((short, full) if short is not None else (full,)):
+        if cancel is not None and cancel.is_set():
+            break
+        done += engine.prefill(parts.prompt, adapter=options.adapter, cancel=cancel,
+                               reserve=max(options.max_tokens, 64))
+    return done
+
+
 def run_completion(
     snapshot: Snapshot,
     *,
@@ -173,23 +250,22 @@ def run_completion(
         log.debug("completion %s@%d: %s", snapshot.path or snapshot.uri, snapshot.offset, out.reason)
         return out
 
-    count = engine.count_tokens
-    files: list[RepoFile] = []
-    if context is not None and options.budget.context > 0:
-        try:
-            files = context.select(snapshot, options.budget.context, count)
-        except Exception:  # context is an optional improvement: never lose the completion for it
-            log.warning("repository context failed", exc_info=True)
+    files = context_files(snapshot, engine, options, context)
     t_ctx = time.perf_counter()
-    parts = build_prompt(fim_format, count, snapshot.text, snapshot.offset, budget=options.budget,
-                         context_files=files, path=snapshot.path, repo_name=options.repo_name)
+    parts = prompt_parts(snapshot, engine, fim_format, options, files)
+    quick = False
+    if options.quick is not None:
+        short = quick_parts(snapshot, engine, fim_format, options, files, parts)
+        if short is not None:
+            parts, quick = short, True
     t_prompt = time.perf_counter()
-
     ls = snapshot.text.rfind("\n", 0, snapshot.offset) + 1
     watcher = _EarlyStop(cancel, decision, bool(snapshot.text[ls:snapshot.offset].strip()))
     stops = tuple(dict.fromkeys((*fim_format.stop_strings, *decision.stop)))
-    req = GenerationRequest(prompt=parts.prompt, max_new_tokens=min(decision.max_new_tokens, options.max_tokens),
-                            stop=stops, adapter=options.adapter)
+    max_new = min(decision.max_new_tokens, options.max_tokens)
+    if quick and options.quick is not None:
+        max_new = min(max_new, options.quick.max_new_tokens)
+    req = GenerationRequest(prompt=parts.prompt, max_new_tokens=max_new, stop=stops, adapter=options.adapter)
     timings_common = dict(scope_ms=(t_scope - t0) * 1000, context_ms=(t_ctx - t_scope) * 1000,
                           prompt_ms=(t_prompt - t_ctx) * 1000)
     if cancel.is_set():
@@ -244,6 +320,7 @@ def run_completion(
         context_files=parts.context_files,
         rules=tuple(post.rules),
         engine_called=True,
+        quick=quick,
     )
     _log_outcome(snapshot, out)
     return out

@@ -39,8 +39,10 @@ WINDOW_LINES = 30
 WINDOW_STRIDE = 20
 QUERY_LINES_BEFORE = 30
 QUERY_LINES_AFTER = 8
-REGION_LINES = 24  # the context selection is reused while the cursor stays within this many lines
-CACHE_SECONDS = 60.0
+REGION_LINES = 24  # per region: the selection is reused while the cursor stays within this many lines
+CACHE_SECONDS = 60.0  # per region: and for at most this long
+FILE_QUERY_TERMS = 64  # per file: the query is the file's most specific terms
+DRIFT_CHARS = 2000  # per file: the selection is made again once the document changed this much since
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z0-9])|[A-Z]?[a-z0-9]+|[A-Z]+")
@@ -341,6 +343,10 @@ class RepoIndex:
         with self._lock:
             return self._bm25.score_chunk(chunk, query)
 
+    def idf(self, term: str) -> float:
+        with self._lock:
+            return self._bm25.idf(term)
+
     def stats(self) -> dict:
         with self._lock:
             return {"root": str(self.root), "ready": self.ready, "files": self.files, "chunks": self._bm25.n,
@@ -369,14 +375,32 @@ def query_terms(text: str, offset: int) -> Counter:
     return Counter(terms(text[ls:le]))
 
 
-class ContextProvider:
-    """Chooses repository context for a snapshot (see the module docstring)."""
+def file_query(text: str, index: Optional[RepoIndex] = None, limit: int = FILE_QUERY_TERMS) -> Counter:
+    """A document's most specific terms (term frequency x inverse document frequency in the index), for a
+    selection that holds wherever the cursor is in it."""
+    tf = Counter(terms(text))
+    if not tf:
+        return tf
+    weight = (lambda t: tf[t] * index.idf(t)) if index is not None and index.ready else (lambda t: tf[t])
+    return Counter({t: tf[t] for t in sorted(tf, key=lambda t: -weight(t))[:limit]})
 
-    def __init__(self, index: Optional[RepoIndex] = None, *, recent_boost: float = 0.3):
+
+class ContextProvider:
+    """Chooses repository context for a snapshot (see the module docstring).
+
+    `per_file` (the server's default): one selection per document, from the document's most specific terms, kept
+    while the cursor moves and the user types, and made again when the document is saved (`refresh`), when the
+    workspace index finishes building, when the set of other open documents changes, or when the document has
+    drifted (`DRIFT_CHARS` changed since). The context is the beginning of every prompt in that document, so
+    keeping it is what lets the engine reuse its KV cache across places. Otherwise (`per_file=False`) the
+    selection follows the lines around the cursor, per region of `REGION_LINES` lines."""
+
+    def __init__(self, index: Optional[RepoIndex] = None, *, recent_boost: float = 0.3, per_file: bool = True):
         self.index = index
         self.recent_boost = recent_boost
+        self.per_file = per_file
         self._neighbor_chunks: dict[str, tuple[int, list[Chunk]]] = {}
-        self._cache: dict[str, tuple[tuple, float, list[RepoFile]]] = {}
+        self._cache: dict[str, tuple[tuple, float, int, list[RepoFile]]] = {}
         self._lock = threading.Lock()
 
     def _chunks_of_neighbor(self, path: str, version: int, text: str) -> list[Chunk]:
@@ -398,27 +422,41 @@ class ContextProvider:
         with self._lock:
             self._cache.clear()
 
+    def refresh(self, uri: str) -> None:
+        """Choose the document's context again at its next completion (it was saved)."""
+        with self._lock:
+            self._cache.pop(uri, None)
+
     def select(self, snapshot, budget_tokens: int, count_tokens: Callable[[str], int]) -> list[RepoFile]:
         if budget_tokens <= 0:
             return []
-        line = snapshot.text.count("\n", 0, snapshot.offset)
-        gen = self.index.generation if self.index is not None else 0
-        nkey = tuple((n.path, n.version) for n in snapshot.neighbors)
-        key = (line // REGION_LINES, gen, nkey, budget_tokens)
         now = time.monotonic()
+        if self.per_file:
+            ready = self.index.ready if self.index is not None else True
+            key: tuple = ("file", budget_tokens, ready, tuple(sorted(n.path for n in snapshot.neighbors)))
+        else:
+            line = snapshot.text.count("\n", 0, snapshot.offset)
+            gen = self.index.generation if self.index is not None else 0
+            nkey = tuple((n.path, n.version) for n in snapshot.neighbors)
+            key = ("region", line // REGION_LINES, gen, nkey, budget_tokens)
         with self._lock:
             hit = self._cache.get(snapshot.uri)
-        if hit is not None and hit[0] == key and now - hit[1] < CACHE_SECONDS:
-            return hit[2]
-        files = self._select(snapshot, budget_tokens, count_tokens)
+        if hit is not None and hit[0] == key:
+            fresh = abs(len(snapshot.text) - hit[2]) < DRIFT_CHARS if self.per_file else \
+                now - hit[1] < CACHE_SECONDS
+            if fresh:
+                return hit[3]
+        query = file_query(snapshot.text, self.index) if self.per_file else \
+            query_terms(snapshot.text, snapshot.offset)
+        files = self._select(snapshot, query, budget_tokens, count_tokens)
         with self._lock:
-            self._cache[snapshot.uri] = (key, now, files)
+            self._cache[snapshot.uri] = (key, now, len(snapshot.text), files)
             if len(self._cache) > 64:
                 self._cache.pop(next(iter(self._cache)))
         return files
 
-    def _select(self, snapshot, budget_tokens: int, count_tokens: Callable[[str], int]) -> list[RepoFile]:
-        query = query_terms(snapshot.text, snapshot.offset)
+    def _select(self, snapshot, query: Counter, budget_tokens: int, count_tokens: Callable[[str], int]
+                ) -> list[RepoFile]:
         if not query:
             return []
         current = snapshot.path

@@ -2,8 +2,14 @@
 
 `find_function_target` finds the body slot (Python: after the docstring, the body empty or a placeholder; brace
 languages: an empty block under a doc comment). Training cuts its docstring → body examples with the same function,
-so what it learns is what the command asks. `generate_function` asks the engine for the body with block scope and
-returns it only when it passes the same syntax filter as every suggestion.
+so what it learns is what the command asks.
+
+How the model is asked lives in `function_prompts` (strategies: the fill-in-the-middle body slot, the model's chat
+template with or without the served adapter). Here is the orchestration: `prepare_function` finds the target and
+the repository context once; `generate_candidate` produces one body with one strategy (and a temperature, so that
+several candidates can be sampled and judged later); `generate_function` tries the strategies the setting
+`generateFunctionMode` names, in order, and returns the first body that passes the same syntax filter as every
+suggestion and is not a placeholder.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from intarsia.grammars.lexer import leading_ws
 from intarsia.grammars.postprocess import postprocess
 from intarsia.grammars.registry import Language
 from intarsia.grammars.scope import MAX_TOKENS_BLOCK, Scope
-from intarsia.model.engine import FINISH_CANCELLED, FINISH_LENGTH, Engine, GenerationRequest
+from intarsia.model.engine import BASE_ADAPTER, FINISH_CANCELLED, FINISH_LENGTH, Engine, GenerationRequest
 from intarsia.model.errors import IntarsiaError
 from intarsia.model.fim import FimFormat, RepoFile
 
+from . import function_prompts as fp
 from .completion import ContextSource, PipelineOptions, StageTimings
 from .documents import Snapshot
 from .prompt import SUFFIX_MAX_TOKENS, build_prompt
@@ -40,6 +47,9 @@ class FunctionTarget:
     end: int
     lead: str  # newline + indentation that precede the body
     trail: str  # text after the body (brace languages: newline + the closing brace's indentation)
+    fn_start: int = 0  # where the definition starts (its first decorator)
+    params: tuple[str, ...] = ()  # the parameters' names
+    class_name: Optional[str] = None  # the class the function is a method of
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,8 @@ class FunctionOutcome:
     timings: StageTimings = StageTimings()
     raw: str = ""
     engine_called: bool = False
+    strategy: str = ""  # the strategy whose body this is
+    attempts: tuple[str, ...] = ()  # "strategy: outcome" of every strategy tried, in order
 
 
 _PY_PLACEHOLDERS = re.compile(r"^(pass|\.\.\.|raise\s+NotImplementedError\b.*|#.*)$", re.S)
@@ -130,7 +142,13 @@ def find_function_target(text: str, offset: int, language: Optional[Language],
         start = _char(data, doc.end_byte)
         end = _char(data, rest[-1].end_byte) if rest else start
         indent = _line_indent(text, _char(data, doc.start_byte))
-        return FunctionTarget(name, start, end, _newline_of(text, start) + indent, "")
+        definition = fn.parent if fn.parent is not None and fn.parent.type == "decorated_definition" else fn
+        owner = definition.parent.parent if definition.parent is not None else None
+        class_name = None
+        if owner is not None and owner.type == "class_definition" and owner.child_by_field_name("name") is not None:
+            class_name = _node_text(text, data, owner.child_by_field_name("name"))
+        return FunctionTarget(name, start, end, _newline_of(text, start) + indent, "",
+                              _char(data, definition.start_byte), fp.parameter_names(data, fn), class_name)
     # Brace languages: a doc comment right above the function, an empty body between braces.
     body_text = _node_text(text, data, body)
     if not (body_text.startswith("{") and body_text.endswith("}")):
@@ -158,25 +176,44 @@ def find_function_target(text: str, offset: int, language: Optional[Language],
     return FunctionTarget(name, inner_start, inner_end, nl + outer + _indent_unit(text), nl + outer)
 
 
-def generate_function(
-    snapshot: Snapshot,
-    *,
-    engine: Engine,
-    fim_format: FimFormat,
-    options: PipelineOptions = PipelineOptions(),
-    cancel: Optional[threading.Event] = None,
-    context: Optional[ContextSource] = None,
-) -> FunctionOutcome:
-    """Generate the body of the function at the cursor with block scope; only a syntax-checked body is
-    returned (as the replacement of text[start:end])."""
+@dataclass(frozen=True)
+class FunctionRequest:
+    """One function to fill, prepared once for every strategy and every candidate."""
+
+    snapshot: Snapshot
+    target: FunctionTarget
+    doc: str  # the document with the body slot emptied (the target's lead and trail kept)
+    at: int  # the body's place in `doc`
+    files: tuple[RepoFile, ...]  # repository context, chosen within the budget
+    context_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One body from one strategy; `body` follows the target's lead (ok only)."""
+
+    strategy: str
+    ok: bool
+    reason: str
+    body: str = ""
+    raw: str = ""
+    timings: StageTimings = StageTimings()
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    cancelled: bool = False
+    engine_called: bool = False
+
+
+def prepare_function(snapshot: Snapshot, *, engine: Engine, options: PipelineOptions = PipelineOptions(),
+                     context: Optional[ContextSource] = None) -> FunctionRequest | str:
+    """The target at the cursor and its repository context, or why there is no target."""
     t0 = time.perf_counter()
     target = find_function_target(snapshot.text, snapshot.offset, snapshot.language, snapshot.tree)
     if isinstance(target, str):
-        return FunctionOutcome(False, target)
+        return target
     text = snapshot.text
     prefix = text[:target.start] + target.lead
-    suffix = target.trail + text[target.end:]
-    doc = prefix + suffix
+    doc = prefix + target.trail + text[target.end:]
     at = len(prefix)
     body_snap = Snapshot(uri=snapshot.uri, version=snapshot.version, text=doc, offset=at,
                          language_id=snapshot.language_id, language=snapshot.language, path=snapshot.path,
@@ -187,36 +224,140 @@ def generate_function(
             files = context.select(body_snap, options.budget.context, engine.count_tokens)
         except Exception:
             log.warning("repository context failed", exc_info=True)
-    t_ctx = time.perf_counter()
+    return FunctionRequest(snapshot, target, doc, at, tuple(files), (time.perf_counter() - t0) * 1000)
+
+
+def _fim_prompt(req: FunctionRequest, engine: Engine, fim_format: FimFormat,
+                options: PipelineOptions) -> tuple[str, int, tuple[str, ...]]:
     # The body's prompt keeps a long suffix on every device: it is computed once, not on every keystroke.
     budget = replace(options.budget, suffix=SUFFIX_MAX_TOKENS)
-    parts = build_prompt(fim_format, engine.count_tokens, doc, at, budget=budget, context_files=files,
-                         path=snapshot.path, repo_name=options.repo_name)
-    t_prompt = time.perf_counter()
-    req = GenerationRequest(prompt=parts.prompt, max_new_tokens=max(MAX_TOKENS_BLOCK, options.max_tokens),
-                            stop=fim_format.stop_strings, adapter=options.adapter)
+    parts = build_prompt(fim_format, engine.count_tokens, req.doc, req.at, budget=budget,
+                         context_files=list(req.files), path=req.snapshot.path, repo_name=options.repo_name)
+    return parts.prompt, parts.prompt_tokens, fim_format.stop_strings
+
+
+def _chat_prompt(req: FunctionRequest, engine: Engine, options: PipelineOptions) -> tuple[str, int, fp.ChatPrompt]:
+    snap, target = req.snapshot, req.target
+    files = list(req.files)
+    count = engine.count_tokens
+    # The file's part gets what the prompt budget leaves after the context (at most half of it).
+    ctx_tokens = sum(count(f.content) for f in files)
+    while files and ctx_tokens > options.budget.prompt // 2:
+        ctx_tokens -= count(files.pop().content)
+    view = fp.file_view(snap.text, snap.language, target.fn_start, target.start, count=count,
+                        budget=max(options.budget.prompt - ctx_tokens - 128, 256), tree=snap.tree)
+    question = fp.chat_prompt(target.name, view, class_name=target.class_name, files=files, path=snap.path)
+    prompt = engine.render_chat(question.messages) + question.response_prefix
+    return prompt, count(prompt), question
+
+
+def generate_candidate(req: FunctionRequest, strategy: str, *, engine: Engine, fim_format: FimFormat,
+                       options: PipelineOptions = PipelineOptions(), temperature: float = 0.0, top_p: float = 1.0,
+                       cancel: Optional[threading.Event] = None) -> Candidate:
+    """One body for `req` with `strategy` (function_prompts.STRATEGIES); greedy unless `temperature` > 0. Never
+    raises for engine failures: they are a failed candidate whose reason says what failed."""
+    snap, target = req.snapshot, req.target
+    t0 = time.perf_counter()
+    chat = fp.uses_chat(strategy)
+    question: Optional[fp.ChatPrompt] = None
     try:
-        res = engine.generate(req, cancel=cancel)
+        if chat:
+            if snap.language is None or snap.language.syntax.family != "python":
+                return Candidate(strategy, False, "the chat strategies write Python only")
+            prompt, prompt_tokens, question = _chat_prompt(req, engine, options)
+            stops: tuple[str, ...] = fp.PY_CHAT_STOPS
+            max_new = max(fp.CHAT_MAX_TOKENS, options.max_tokens)
+            adapter = BASE_ADAPTER if strategy == fp.CHAT else options.adapter
+        elif strategy == fp.FIM:
+            prompt, prompt_tokens, stops = _fim_prompt(req, engine, fim_format, options)
+            max_new = max(MAX_TOKENS_BLOCK, options.max_tokens)
+            adapter = options.adapter
+        else:
+            return Candidate(strategy, False, f"unknown strategy '{strategy}' (known: {', '.join(fp.STRATEGIES)})")
+    except IntarsiaError as e:  # (a model without a chat template)
+        return Candidate(strategy, False, str(e))
+    t_prompt = time.perf_counter()
+    request = GenerationRequest(prompt=prompt, max_new_tokens=max_new, stop=stops, adapter=adapter,
+                                temperature=temperature, top_p=top_p)
+    try:
+        res = engine.generate(request, cancel=cancel)
     except IntarsiaError as e:
-        return FunctionOutcome(False, f"engine error: {e}", name=target.name, engine_called=True)
+        return Candidate(strategy, False, f"engine error: {e}", prompt_tokens=prompt_tokens, engine_called=True)
     t_eng = time.perf_counter()
     if res.finish_reason == FINISH_CANCELLED:
-        return FunctionOutcome(False, "cancelled", name=target.name, raw=res.text, engine_called=True)
-    post = postprocess(doc, at, res.text, language=snapshot.language, scope=Scope.BLOCK,
-                       truncated=res.finish_reason == FINISH_LENGTH)
+        return Candidate(strategy, False, "cancelled", raw=res.text, cancelled=True, engine_called=True)
+    truncated = res.finish_reason == FINISH_LENGTH
+    if question is not None:
+        extracted = fp.extract_body(question.response_prefix + res.text, name=target.name, language=snap.language,
+                                    indent=target.lead.lstrip("\r\n"), params=target.params,
+                                    class_name=target.class_name,
+                                    file_names=fp.file_bindings(snap.text, snap.language, snap.tree),
+                                    newline=target.lead[:len(target.lead) - len(target.lead.lstrip("\r\n"))])
+        middle = extracted.body if isinstance(extracted, fp.Extracted) else ""
+        why_not = extracted if isinstance(extracted, str) else ""
+    else:
+        middle, why_not = res.text, ""
+    post = postprocess(req.doc, req.at, middle, language=snap.language, scope=Scope.BLOCK, truncated=truncated) \
+        if middle or question is None else None
     t_post = time.perf_counter()
-    timings = StageTimings(context_ms=(t_ctx - t0) * 1000, prompt_ms=(t_prompt - t_ctx) * 1000,
+    timings = StageTimings(context_ms=req.context_ms, prompt_ms=(t_prompt - t0) * 1000,
                            engine_ms=(t_eng - t_prompt) * 1000, first_token_ms=res.timings.first_token_s * 1000,
-                           post_ms=(t_post - t_eng) * 1000, total_ms=(t_post - t0) * 1000)
-    log.info("generateFunction %s in %s: %s; %d prompt tokens, engine %.0f ms, post %.1f ms",
-             target.name, snapshot.path or snapshot.uri, post.reason, parts.prompt_tokens, timings.engine_ms,
-             timings.post_ms)
+                           post_ms=(t_post - t_eng) * 1000, total_ms=req.context_ms + (t_post - t0) * 1000)
+    common = dict(raw=res.text, timings=timings, prompt_tokens=res.timings.prompt_tokens or prompt_tokens,
+                  new_tokens=res.timings.new_tokens, engine_called=True)
+    if post is None:
+        return Candidate(strategy, False, why_not or "the model wrote no body", **common)
     body = post.text.rstrip() if post.valid else ""
     if not body:
-        return FunctionOutcome(False, f"no syntactically valid body for {target.name}: {post.reason}",
-                               name=target.name, timings=timings, raw=res.text, engine_called=True)
-    return FunctionOutcome(True, post.reason, target.start, target.end, target.lead + body + target.trail,
-                           target.name, timings, res.text, engine_called=True)
+        return Candidate(strategy, False, f"no syntactically valid body: {post.reason}", **common)
+    if fp.is_placeholder_body(body, snap.language):
+        return Candidate(strategy, False, "the body is a placeholder", **common)
+    return Candidate(strategy, True, post.reason, body, **common)
 
 
-__all__ = ["FunctionTarget", "FunctionOutcome", "find_function_target", "generate_function"]
+def generate_function(
+    snapshot: Snapshot,
+    *,
+    engine: Engine,
+    fim_format: FimFormat,
+    options: PipelineOptions = PipelineOptions(),
+    cancel: Optional[threading.Event] = None,
+    context: Optional[ContextSource] = None,
+    mode: str = fp.AUTO,
+    model: Optional[str] = None,
+) -> FunctionOutcome:
+    """The body of the function at the cursor: the strategies `mode` names for `model` (function_prompts.
+    strategies_for) are tried in order, and the first syntax-checked, non-placeholder body is returned (as the
+    replacement of text[start:end])."""
+    req = prepare_function(snapshot, engine=engine, options=options, context=context)
+    if isinstance(req, str):
+        return FunctionOutcome(False, req)
+    target = req.target
+    family = snapshot.language.syntax.family if snapshot.language is not None else None
+    attempts: list[str] = []
+    called = False
+    last: Optional[Candidate] = None
+    for strategy in fp.strategies_for(mode, model, family):
+        cand = generate_candidate(req, strategy, engine=engine, fim_format=fim_format, options=options,
+                                  cancel=cancel)
+        called = called or cand.engine_called
+        last = cand
+        attempts.append(f"{strategy}: {cand.reason}")
+        t = cand.timings
+        log.info("generateFunction %s in %s with %s: %s; %d prompt tokens, %d new, engine %.0f ms, post %.1f ms",
+                 target.name, snapshot.path or snapshot.uri, strategy, cand.reason, cand.prompt_tokens,
+                 cand.new_tokens, t.engine_ms, t.post_ms)
+        if cand.cancelled:
+            return FunctionOutcome(False, "cancelled", name=target.name, raw=cand.raw, engine_called=called,
+                                   strategy=strategy, attempts=tuple(attempts))
+        if cand.ok:
+            return FunctionOutcome(True, cand.reason, target.start, target.end,
+                                   target.lead + cand.body + target.trail, target.name, cand.timings, cand.raw,
+                                   engine_called=called, strategy=strategy, attempts=tuple(attempts))
+    return FunctionOutcome(False, f"no body for {target.name}: " + "; ".join(attempts), name=target.name,
+                           timings=last.timings if last else StageTimings(), raw=last.raw if last else "",
+                           engine_called=called, attempts=tuple(attempts))
+
+
+__all__ = ["FunctionTarget", "FunctionOutcome", "FunctionRequest", "Candidate", "find_function_target",
+           "prepare_function", "generate_candidate", "generate_function"]

@@ -77,7 +77,8 @@ def _line_starts(text: str, lo: int, hi: int) -> list[int]:
         pos = nl + 1
 
 
-def _fit_prefix(text: str, offset: int, budget: int, count: Callable[[str], int]) -> int:
+def _fit_prefix(text: str, offset: int, budget: int, count: Callable[[str], int],
+                quantum: int = PREFIX_LINE_QUANTUM) -> int:
     """Start index of a long prefix window (whole lines, start quantized) within `budget` tokens.
 
     Token counts are estimated from one count of a window and checked once or twice, not searched line by
@@ -105,13 +106,22 @@ def _fit_prefix(text: str, offset: int, budget: int, count: Callable[[str], int]
     else:
         return starts[-1]
     # Quantize by absolute line number so that the start stays put while the cursor moves within a few lines:
-    # the earliest multiple of PREFIX_LINE_QUANTUM lines that fits.
+    # the earliest multiple of `quantum` lines that fits.
     first_line = text.count("\n", 0, starts[i])
-    down = first_line // PREFIX_LINE_QUANTUM * PREFIX_LINE_QUANTUM
+    down = first_line // quantum * quantum
     j = i - (first_line - down)
     if down < first_line and j >= 0 and count(text[starts[j]:offset]) <= budget:
         return starts[j]
-    return starts[min(i + (down + PREFIX_LINE_QUANTUM - first_line if down < first_line else 0), len(starts) - 1)]
+    return starts[min(i + (down + quantum - first_line if down < first_line else 0), len(starts) - 1)]
+
+
+def _block_start(text: str, offset: int, quantum: int) -> int:
+    """Index of the first line of the cursor's block of `quantum` lines (blocks counted from the text's start)."""
+    line = text.count("\n", 0, offset)
+    pos = text.rfind("\n", 0, offset) + 1
+    for _ in range(line % quantum):
+        pos = text.rfind("\n", 0, pos - 1) + 1
+    return pos
 
 
 def _fit_suffix(text: str, offset: int, budget: int, count: Callable[[str], int]) -> int:
@@ -159,15 +169,18 @@ def _count_cached(count: Callable[[str], int], text: str) -> int:
 
 def build_prompt(fmt: FimFormat, count: Callable[[str], int], text: str, offset: int, *, budget: PromptBudget,
                  context_files: Sequence[RepoFile] = (), path: Optional[str] = None,
-                 repo_name: Optional[str] = None) -> PromptParts:
+                 repo_name: Optional[str] = None, window_tokens: Optional[int] = None,
+                 quantum: int = PREFIX_LINE_QUANTUM) -> PromptParts:
     """The FIM prompt for `text` at `offset`: repository context and as much of the file as `budget.prompt`
     allows.
 
     What is left after the context (never more than half of the prompt) goes to the prefix, except a quarter (at
     most `budget.suffix`) for the suffix: with prefix-suffix-middle prompts every keystroke changes the prompt at
     the cursor, so the whole suffix is recomputed each time, while the prefix comes from the KV cache.
-    (`context_files` were chosen within `budget.context`.) `prompt_tokens` is an estimate (the sum of the parts);
-    the engine reports the exact count."""
+    (`context_files` were chosen within `budget.context`.) `window_tokens` caps the current file's part (prefix
+    and suffix) while the context stays whole: a quick prompt that shares the full one's context, and so its KV
+    cache. The prefix starts on a multiple of `quantum` lines. `prompt_tokens` is an estimate (the sum of the
+    parts); the engine reports the exact count."""
     total, suffix_max = budget.prompt, budget.suffix
     files = list(context_files)
     base = fmt.render("", "", repo_name=repo_name, context_files=files, path=path)
@@ -177,8 +190,20 @@ def build_prompt(fmt: FimFormat, count: Callable[[str], int], text: str, offset:
         base = fmt.render("", "", repo_name=repo_name, context_files=files, path=path)
         base_tokens = _count_cached(count, base)
     left = max(total - base_tokens, 16)
+    if window_tokens is not None:
+        left = max(min(left, window_tokens), 16)
     suffix_budget = min(left // 4, suffix_max)
-    pstart = _fit_prefix(text, offset, left - suffix_budget, count)
+    pstart = -1
+    if window_tokens is not None:
+        # The window's start depends only on the text above the cursor's block of `quantum` lines (half the
+        # prefix budget of it), so that typing inside the block, new lines included, keeps the prompt's
+        # beginning and its KV cache; when the block itself outgrows the budget, the usual fit applies.
+        block = _block_start(text, offset, quantum)
+        above = _fit_prefix(text, block, (left - suffix_budget) // 2, count, quantum)
+        if count(text[above:offset]) <= left - suffix_budget:
+            pstart = above
+    if pstart < 0:
+        pstart = _fit_prefix(text, offset, left - suffix_budget, count, quantum)
     prefix_tokens = count(text[pstart:offset])
     if pstart == 0:  # the whole prefix fits: what it leaves over may go to the suffix (still capped)
         suffix_budget = min(left - prefix_tokens, suffix_max)

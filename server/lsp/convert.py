@@ -86,8 +86,10 @@ def function_edit(res: FunctionEdit, *, document_changes: bool) -> types.Workspa
 def function_result(res: FunctionEdit) -> dict:
     """The command's result: whether the body was applied, why not, and the edit itself."""
     if not res.ok:
-        return {"applied": False, "reason": res.reason, "function": res.name or None}
-    return {"applied": False, "reason": res.reason, "function": res.name,
+        return {"applied": False, "reason": res.reason, "function": res.name or None,
+                "attempts": list(res.attempts)}
+    return {"applied": False, "reason": res.reason, "function": res.name, "strategy": res.strategy,
+            "attempts": list(res.attempts),
             "edit": {"range": {"start": {"line": res.start[0], "character": res.start[1]},
                                "end": {"line": res.end[0], "character": res.end[1]}},
                      "newText": res.new_text, "version": res.version}}
@@ -132,6 +134,24 @@ def location_args(args: tuple) -> tuple[str, int, int]:
     return uri, line, ch
 
 
+DID_MOVE_CURSOR = "intarsia/didMoveCursor"
+
+
+def cursor_params(params: Any) -> Optional[tuple[str, int, int, int]]:
+    """(uri, version, line, character) of an `intarsia/didMoveCursor` notification, or None when malformed:
+    {"textDocument": {"uri", "version"}, "position": {"line", "character"}}."""
+    def get(obj: Any, key: str) -> Any:
+        return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+    doc, pos = get(params, "textDocument"), get(params, "position")
+    uri, version = get(doc, "uri"), get(doc, "version")
+    line, ch = get(pos, "line"), get(pos, "character")
+    if not isinstance(uri, str) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                           for v in (version, line, ch)):
+        return None
+    return uri, version, line, ch
+
+
 def status_uri(args: tuple) -> Optional[str]:
     uri = args[0].get("uri") if args and isinstance(args[0], dict) else None
     return uri if isinstance(uri, str) else None
@@ -139,4 +159,4 @@ def status_uri(args: tuple) -> Optional[str]:
 
 __all__ = ["CMD_GENERATE_FUNCTION", "CMD_ACCEPT", "CMD_ACCEPT_PARTIAL", "CMD_STATUS", "CMD_RELOAD", "lsp_range",
            "content_changes", "accept_command", "inline_list", "completion_list", "function_edit", "function_result",
-           "accept_args", "location_args", "status_uri"]
+           "accept_args", "location_args", "status_uri", "DID_MOVE_CURSOR", "cursor_params"]

@@ -108,6 +108,12 @@ def make_server() -> IntarsiaServer:
         if ls.session is not None:
             ls.session.did_save(params.text_document.uri, params.text)
 
+    @ls.feature(convert.DID_MOVE_CURSOR)
+    def did_move_cursor(ls: IntarsiaServer, params: Any) -> None:
+        found = convert.cursor_params(params)
+        if ls.session is not None and found is not None:
+            ls.session.did_move_cursor(*found)
+
     @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: IntarsiaServer, params: types.DidChangeConfigurationParams) -> None:
         if ls.session is None:

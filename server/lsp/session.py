@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from intarsia.model.registry import DEFAULT_MODEL
 from intarsia.server.core.acceptance import AcceptanceLog, AcceptanceTracker, Anchor
-from intarsia.server.core.completion import CompletionOutcome, PipelineOptions, run_completion
+from intarsia.server.core.completion import CompletionOutcome, PipelineOptions, QuickStart, run_completion
 from intarsia.server.core.context import ContextProvider, RepoIndex
 from intarsia.server.core.documents import ENCODINGS, Document, DocumentStore, NeighborDoc, PositionError, Snapshot
 from intarsia.server.core.functions import FunctionOutcome, generate_function
@@ -44,6 +45,7 @@ from intarsia.server.core.functions import FunctionOutcome, generate_function
 from .cache import TypedAheadCache
 from .executor import Job, ModelWorker, settled
 from .host import UI, EngineHost, NullUI
+from .prewarm import CURSOR_DELAY_S, EDIT_DELAY_S, OPEN_DELAY_S, Prewarmer
 from .settings import Settings, parse_settings
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,23 @@ class FunctionEdit:
     end: tuple[int, int] = (0, 0)
     new_text: str = ""
     name: str = ""
+    strategy: str = ""  # how the body was asked for (core.function_prompts.STRATEGIES)
+    attempts: tuple[str, ...] = ()  # "strategy: outcome" of each strategy tried
+
+
+@dataclass(eq=False)
+class _Inflight:
+    job: Job
+    text: str
+    offset: int
+    fut: "asyncio.Future"
+    orphaned: bool = False  # its request was cancelled: nobody waits for it
+
+
+def _typed_ahead(old_text: str, old_offset: int, text: str, offset: int) -> bool:
+    """Whether `text` is `old_text` with characters inserted at `old_offset` (the cursor moved to `offset`)."""
+    return offset >= old_offset and len(text) - offset == len(old_text) - old_offset \
+        and text[offset:] == old_text[old_offset:] and text[:old_offset] == old_text[:old_offset]
 
 
 @dataclass
@@ -148,14 +167,20 @@ class Session:
         self.tracker = AcceptanceTracker(AcceptanceLog(self.root, enabled=settings.acceptance_log))
         self.host = EngineHost(self.worker, self.ui, on_change=self.cache.clear,
                                on_error=lambda message: self.show_once("error", message))
+        self.prewarm = Prewarmer(self.worker, snapshot_at=self._snapshot_at, engine=self._ready_engine,
+                                 options=self.options, context=self.context,
+                                 enabled=lambda: self.settings.prewarm and self.host.ready)
         self.counters: dict[str, int] = {k: 0 for k in (
             "requests", "completions", "engine_calls", "cache_hits", "speculative_hits", "speculations",
-            "cancelled", "superseded", "stale", "not_ready", "empty", "skipped")}
+            "cancelled", "superseded", "stale", "not_ready", "empty", "skipped", "quick_starts", "joined",
+            "joined_hits")}
         self.last: Optional[dict] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._debouncers: dict[str, Debouncer] = {}
         self._seq: dict[str, int] = {}
         self._speculation: dict[str, _Speculation] = {}
+        self._inflight: dict[str, _Inflight] = {}
+        self._asked: dict[str, tuple[int, int]] = {}  # (version, offset) of each document's latest request
         self._recent: "OrderedDict[str, NeighborDoc]" = OrderedDict()
         self._shown_errors: set[str] = set()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -215,8 +240,23 @@ class Session:
     def options(self) -> PipelineOptions:
         loaded = self.host.loaded
         device = loaded.engine.provider if loaded is not None else "cpu"
+        # The short cold-start prompt pays on a CPU, where a whole prompt's prefill takes seconds.
+        quick = None
+        if device == "cpu" and self.settings.quick_start_tokens > 0:
+            quick = QuickStart(window_tokens=self.settings.quick_start_tokens)
         return PipelineOptions(max_tokens=self.settings.max_tokens, multiline=self.settings.multiline,
-                               budget=self.settings.budget(device), repo_name=self.repo_name)
+                               budget=self.settings.budget(device), repo_name=self.repo_name, quick=quick)
+
+    def _ready_engine(self) -> Optional[tuple]:
+        loaded = self.host.loaded
+        return (loaded.engine, loaded.fim_format) if self.host.ready else None
+
+    def _snapshot_at(self, uri: str, offset: int, version: int) -> Optional[Snapshot]:
+        """A snapshot for pre-warming, if the document is still at `version` and completable."""
+        doc = self.documents.get(uri)
+        if doc is None or doc.version != version or self._completable(doc) or offset > len(doc.text):
+            return None
+        return doc.snapshot(offset, neighbors=self._neighbors(uri))
 
     # ---- documents ------------------------------------------------------------------------------------------
 
@@ -238,6 +278,8 @@ class Session:
         self.documents.open(doc)
         if rel:
             self._recent.pop(rel, None)
+        if self._loop is not None:  # the file's repository context and head, shared by its prompts
+            self.prewarm.schedule(uri, 0, version, OPEN_DELAY_S)
 
     def did_change(self, uri: str, version: int, changes: Sequence[tuple[Optional[tuple[int, int, int, int]], str]]
                    ) -> bool:
@@ -245,10 +287,12 @@ class Session:
         if doc is None:
             log.warning("didChange for %s, which is not open: ignored", uri)
             return False
+        cursor = None
         try:
             for rng, text in changes:
                 start, end = doc.apply_change(rng, text, self.encoding)
                 self.tracker.on_change(uri, start, end, len(text))
+                cursor = start + len(text)  # where typing leaves the cursor (clients without cursor notices)
         except Exception:
             # The text is no longer known to match the client's: forget the document rather than complete
             # against wrong text (it comes back with the next didOpen).
@@ -257,7 +301,25 @@ class Session:
             return False
         doc.version = version
         self._debouncers.setdefault(uri, Debouncer()).on_change(time.monotonic())
+        if cursor is not None and self._loop is not None:
+            self.prewarm.schedule(uri, cursor, version, EDIT_DELAY_S)  # (cancelled by the request that follows)
         return True
+
+    def did_move_cursor(self, uri: str, version: int, line: int, character: int) -> None:
+        """`intarsia/didMoveCursor`: pre-warm the prompt at the new place (a stale version is ignored, and so is
+        the place the last request of the document already computed: the cursor after a keystroke)."""
+        doc = self.documents.get(uri)
+        if doc is None or doc.version != version or self._loop is None:
+            return
+        try:
+            offset = doc.offset_at(line, character, self.encoding, strict=True)
+        except PositionError:
+            return
+        if self._asked.get(uri) == (version, offset):
+            return
+        self.prewarm.schedule(uri, offset, version, CURSOR_DELAY_S)
+        if self.settings.speculate and self.settings.prewarm:
+            self._speculate_enter(uri, offset)
 
     def did_close(self, uri: str) -> None:
         doc = self.documents.close(uri)
@@ -265,7 +327,9 @@ class Session:
         self._cancel_speculation(uri)
         self._debouncers.pop(uri, None)
         self._seq.pop(uri, None)
+        self._asked.pop(uri, None)
         self.cache.forget(uri)
+        self.prewarm.forget(uri)
         if doc is not None and doc.path and not doc.binary and doc.size_bytes < 512_000:
             self._recent[doc.path] = NeighborDoc(doc.path, doc.version, doc.text)
             while len(self._recent) > 8:
@@ -280,6 +344,7 @@ class Session:
         doc = self.documents.get(uri)
         if text is None and doc is not None:
             text = doc.text
+        self.context.refresh(uri)  # its repository context is chosen again at its next completion
         self.aux.submit(self.index.update_file, fs, text)
 
     def _neighbors(self, uri: str) -> tuple[NeighborDoc, ...]:
@@ -290,17 +355,67 @@ class Session:
 
     # ---- completions ----------------------------------------------------------------------------------------
 
-    async def _await(self, job: Job, af: Optional[asyncio.Future] = None) -> Any:
+    async def _await(self, job: Job, af: Optional[asyncio.Future] = None, *, keep: bool = False) -> Any:
+        """The job's result; when the request is cancelled, the job is stopped unless it is a completion in flight
+        or `keep` (a speculation): those go on for the next request to join."""
         af = af if af is not None else settled(job, asyncio.get_running_loop())
         try:
             return await asyncio.shield(af)
         except asyncio.CancelledError:
-            # $/cancelRequest (or shutdown): stop the engine at its next token.
-            job.cancel.set()
-            if job.future is not None:
-                job.future.cancel()
             self.counters["cancelled"] += 1
+            flight = next((f for f in self._inflight.values() if f.job is job), None)
+            if keep and not self._closed:
+                pass  # its result goes to the typed-ahead cache; the next request joins it or stops it
+            elif flight is not None and not self._closed:
+                # $/cancelRequest while typing: the generation goes on (its result goes to the typed-ahead cache)
+                # until the next request, which joins it if it only typed ahead, and stops it otherwise.
+                flight.orphaned = True
+            else:
+                job.cancel.set()  # (a body, a speculation, shutdown: stop the engine at its next token)
+                if job.future is not None:
+                    job.future.cancel()
             raise
+
+    def _track(self, uri: str, job: Job, text: str, offset: int, sid: str) -> "asyncio.Future":
+        """Follow a completion job: when it ends, its suggestion goes to the typed-ahead cache (also when its
+        request was cancelled), and it is no longer in flight."""
+        fut = settled(job, asyncio.get_running_loop())
+        flight = _Inflight(job, text, offset, fut)
+        self._inflight[uri] = flight
+
+        def ended(f: asyncio.Future) -> None:
+            if self._inflight.get(uri) is flight:
+                del self._inflight[uri]
+            if f.cancelled() or f.exception() is not None:
+                return
+            out = f.result()
+            if out is not None and out.text and not out.cancelled:
+                self.cache.put(uri, text, offset, out.text, sid)
+            if flight.orphaned and out is not None and out.engine_called:
+                self.counters["engine_calls"] += 1
+
+        fut.add_done_callback(ended)
+        return fut
+
+    async def _join(self, uri: str, text: str, offset: int, version: int, doc: Document) -> Optional[bool]:
+        """Before a new generation: a generation still running for `uri` that this request only typed ahead of
+        (the same text with characters inserted at its cursor) is waited for, and its result answers from the
+        cache; one for another place (or an orphaned one elsewhere) is stopped. True when one was joined."""
+        for u, flight in list(self._inflight.items()):
+            if flight.fut.done():
+                continue
+            if u == uri and _typed_ahead(flight.text, flight.offset, text, offset):
+                self.counters["joined"] += 1
+                try:
+                    await asyncio.shield(flight.fut)
+                except Exception:
+                    return None
+                return True
+            if flight.orphaned or u == uri:
+                flight.job.cancel.set()
+                if flight.job.future is not None:
+                    flight.job.future.cancel()
+        return None
 
     def _position(self, uri: str, line: int, character: int) -> Optional[tuple[Document, int]]:
         doc = self.documents.get(uri)
@@ -352,6 +467,8 @@ class Session:
             return None
         seq = self._seq[uri] = self._seq.get(uri, 0) + 1
         version, text = doc.version, doc.text
+        self.prewarm.cancel()  # a request has the model thread before any pre-warm
+        self._asked[uri] = (version, offset)
 
         hit = self.cache.lookup(uri, text, offset)
         if hit is not None:
@@ -366,16 +483,46 @@ class Session:
             self.counters["not_ready"] += 1
             return None
 
+        for other in [u for u in self._speculation if u != uri]:
+            self._cancel_speculation(other)  # the document being edited goes first
         spec = self._speculation.get(uri)
+        sid = uuid.uuid4().hex[:12]
         if spec is not None and spec.offset == offset and spec.text == text:
-            outcome = await self._await(spec.job, spec.done)
+            outcome = await self._await(spec.job, spec.done, keep=True)
             source = "speculation"
             if outcome is not None:
                 self.counters["speculative_hits"] += 1
         else:
-            if spec is not None:
+            if spec is not None and not spec.done.done() and _typed_ahead(spec.text, spec.offset, text, offset):
+                # Typed ahead of a speculation still running (Enter, then the first characters): its result,
+                # when it agrees with what was typed, is the answer.
+                self.counters["joined"] += 1
+                try:
+                    await asyncio.shield(spec.done)
+                except Exception:
+                    pass
+                hit = self.cache.lookup(uri, text, offset)
+                if hit is not None:
+                    self.counters["cache_hits"] += 1
+                    self.counters["speculative_hits"] += 1
+                    return self._suggest(doc, offset, hit.remaining, hit.entry.suggestion_id, "speculation", "cached",
+                                         t0)
+                if self.documents.get(uri) is not doc or doc.version != version:
+                    self.counters["stale"] += 1
+                    return None
+            elif spec is not None:
                 self._cancel_speculation(uri)
-            if not invoked:
+            joined = await self._join(uri, text, offset, version, doc)
+            if joined is not None:
+                hit = self.cache.lookup(uri, text, offset)
+                if hit is not None:  # the earlier generation, typed ahead of: its rest is the answer
+                    self.counters["cache_hits"] += 1
+                    self.counters["joined_hits"] += 1
+                    return self._suggest(doc, offset, hit.remaining, hit.entry.suggestion_id, "cache", "cached", t0)
+                if self.documents.get(uri) is not doc or doc.version != version:
+                    self.counters["stale"] += 1
+                    return None
+            if not invoked and joined is None:
                 deb = self._debouncers.get(uri)
                 delay = deb.delay(time.monotonic(), self.settings.debounce_ms / 1000.0) if deb else 0.0
                 if delay > 0:
@@ -392,10 +539,11 @@ class Session:
 
             def work(cancel: threading.Event) -> CompletionOutcome:
                 return run_completion(snapshot, engine=loaded.engine, fim_format=loaded.fim_format,
-                                               options=options, cancel=cancel, context=self.context)
+                                      options=options, cancel=cancel, context=self.context)
 
             job = self.worker.submit(uri, work)
-            outcome = await self._await(job)
+            fut = self._track(uri, job, text, offset, sid)
+            outcome = await self._await(job, fut)
             source = "model"
             if job.superseded:  # a newer request for this document cancelled this one
                 self.counters["superseded"] += 1
@@ -404,11 +552,11 @@ class Session:
                 return None
         if outcome is None:
             return None
+        self.prewarm.completed(uri, outcome)
         if outcome.engine_called and source == "model":
             self.counters["engine_calls"] += 1
         self.last = {"uri": uri, "offset": offset, "version": version, "source": source, **outcome.to_json()}
-        sid = uuid.uuid4().hex[:12]
-        if outcome.text:
+        if outcome.text and source != "model":  # (a model job's result is cached when it ends: `_track`)
             self.cache.put(uri, text, offset, outcome.text, sid)
         if self.documents.get(uri) is not doc or doc.version != version:
             self.counters["stale"] += 1
@@ -416,10 +564,21 @@ class Session:
             return None
         if outcome.cancelled:
             return None
+        if outcome.quick:
+            self.counters["quick_starts"] += 1
         if not outcome.text:
             self.counters["empty"] += 1
+            if outcome.quick:
+                self.prewarm.schedule(uri, offset, version, CURSOR_DELAY_S)
             return None
-        return self._suggest(doc, offset, outcome.text, sid, source, outcome.scope, t0)
+        suggestion = self._suggest(doc, offset, outcome.text, sid, source, outcome.scope, t0)
+        # The suggestion that follows this one's acceptance (Tab, Tab, ...), computed while it is on screen; after
+        # a short-prompt answer the full prompt here is worth more.
+        if outcome.quick:
+            self.prewarm.schedule(uri, offset, version, CURSOR_DELAY_S)
+        elif source == "model" and self.settings.speculate:
+            self._speculate(uri, offset, outcome.text)
+        return suggestion
 
     def cancel_pending(self, uri: str) -> None:
         self.worker.cancel(uri)
@@ -469,13 +628,33 @@ class Session:
             if spec.job.future is not None:
                 spec.job.future.cancel()
 
-    def _speculate(self, uri: str, offset: int, accepted: str) -> None:
-        """Prepare the suggestion for the document as it is once `accepted` is inserted at `offset`."""
+    def _speculate_enter(self, uri: str, offset: int) -> None:
+        """The cursor came to the end of a line of code: the likeliest next key is Enter, which the editor follows
+        with the line's indentation (one level more after a block opener). Prepare the suggestion there."""
+        doc = self.documents.get(uri)
+        if doc is None:
+            return
+        text = doc.text
+        if text[offset:offset + 1] not in ("", "\n", "\r"):
+            return
+        line = text[text.rfind("\n", 0, offset) + 1:offset]
+        code = line.split("#", 1)[0].rstrip() if doc.language is not None and \
+            doc.language.syntax.family == "python" else line.rstrip()
+        if not code.strip():
+            return
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        if code.endswith((":", "{", "(", "[")):
+            indent += "\t" if indent.startswith("\t") else "    "
+        self._speculate(uri, offset, "\n" + indent, insert=True)
+
+    def _speculate(self, uri: str, offset: int, accepted: str, *, insert: bool = False) -> None:
+        """Prepare the suggestion for the document as it is once `accepted` is inserted at `offset` (`insert`:
+        it is not in the document yet, whatever follows the cursor)."""
         doc = self.documents.get(uri)
         if doc is None or not self.host.ready or self._completable(doc):
             return
         text = doc.text
-        if text[offset:offset + len(accepted)] == accepted:
+        if not insert and text[offset:offset + len(accepted)] == accepted:
             predicted = text  # the client applied the insertion before sending the accept
         else:
             predicted = text[:offset] + accepted + text[offset:]
@@ -526,10 +705,14 @@ class Session:
         version = doc.version
         loaded = self.host.loaded
         options = self.options()
+        mode = self.settings.generate_function_mode
+        # "auto" picks per model what the benchmark measured (core.function_prompts.AUTO_STRATEGIES): the model's
+        # registry name for an in-process engine; the test and remote engines are no measured model.
+        model = (self.settings.model or DEFAULT_MODEL) if self.settings.engine == "ort" else self.settings.engine
 
         def work(cancel: threading.Event) -> FunctionOutcome:
             return generate_function(snapshot, engine=loaded.engine, fim_format=loaded.fim_format,
-                                              options=options, cancel=cancel, context=self.context)
+                                     options=options, cancel=cancel, context=self.context, mode=mode, model=model)
 
         job = self.worker.submit("fn:" + uri, work)
         out = await self._await(job)
@@ -538,13 +721,14 @@ class Session:
         if out.engine_called:
             self.counters["engine_calls"] += 1
         if not out.ok:
-            return FunctionEdit(False, out.reason, uri, version, name=out.name)
+            return FunctionEdit(False, out.reason, uri, version, name=out.name, attempts=out.attempts)
         if self.documents.get(uri) is not doc or doc.version != version:
             self.counters["stale"] += 1
             return FunctionEdit(False, "the document changed while the body was generated", uri, version,
-                                name=out.name)
+                                name=out.name, strategy=out.strategy, attempts=out.attempts)
         return FunctionEdit(True, out.reason, uri, version, doc.position_at(out.start, self.encoding),
-                            doc.position_at(out.end, self.encoding), out.new_text, out.name)
+                            doc.position_at(out.end, self.encoding), out.new_text, out.name, out.strategy,
+                            out.attempts)
 
     # ---- status ---------------------------------------------------------------------------------------------
 
@@ -568,6 +752,9 @@ class Session:
                            "enabled": self.tracker.log.enabled},
             "index": self.index.stats() if self.index is not None else None,
             "pending": self.worker.pending(),
+            "prewarm": self.prewarm.status(),
+            "kv": {"slots": loaded.engine.kv_slots if loaded else 0,
+                   "bytes": loaded.engine.kv_cache_bytes if loaded else 0},
             "last": self.last,
             "settings": self.settings.to_json(),
         }

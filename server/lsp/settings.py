@@ -11,6 +11,14 @@ previous (or default) value, it never fails the request.
     threads               intra-op threads (CPU); null: every core this process may use
     lookupDraft           tokens drafted per forward pass by prompt-lookup decoding (0..7; 0 turns it off;
                           default 3): greedy completions that repeat text from the file decode faster
+    kvSlots               KV caches kept (1..16, default 3): going back to a recent file or place is warm
+    kvCacheMb             memory bound of those caches in MB (default 384; one slot is always kept)
+    prewarm               pre-compute the prompt at the cursor while the user reads (default true): after
+                          intarsia/didMoveCursor, didOpen, a pause in typing, a cold-start suggestion
+    speculate             compute the suggestion that follows a shown one's acceptance while it is on screen, so
+                          Tab, Tab, Tab is instant (default true)
+    quickStartTokens      tokens of the file around the cursor in the short prompt that answers at a cold place
+                          while the full one is computed (default 256; 0: always the full prompt; CPU only)
     adapter               LoRA adapter: an .onnx_adapter file or a peft folder; null: none
     trainedAdapter        serve the adapter that `intarsia train` promoted for this workspace (default true;
                           an explicit `adapter` wins); a new promotion or a rollback is picked up between requests
@@ -19,6 +27,11 @@ previous (or default) value, it never fails the request.
     remoteEndpoint        OpenAI-compatible server URL (engine "remote")
     remoteModel           model name sent to the remote server
     fimFormat             override the fill-in-the-middle format (default: from the model)
+    generateFunctionMode  how intarsia.generateFunction asks the model for a body (core.function_prompts):
+                          "auto" (default: per model, what benchmarks/generate_function.py measured best) |
+                          "fim" (the fill-in-the-middle body slot) | "chat" (the model's chat template, base
+                          model) | "chat+adapter" (chat template, served adapter on); other languages than
+                          Python always use "fim"
     maxTokens             upper bound of new tokens per completion (1..2048)
     debounceMs            the longest wait before starting a completion (0..2000); the wait adapts to typing
     multiline             "auto" (the grammar decides) | "always" (blocks where a line would do) | "never"
@@ -44,6 +57,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from intarsia.model.factory import EngineSpec
 from intarsia.model.lookup import DEFAULT_DRAFT, DRAFT_ROWS
+from intarsia.server.core.function_prompts import AUTO, MODES as FUNCTION_MODES
 from intarsia.server.core.prompt import PromptBudget
 
 _SERVED = PromptBudget()
@@ -57,7 +71,8 @@ MULTILINE = ("auto", "always", "never")
 WORKSPACE_UNSAFE = frozenset({"model", "adapter", "remote_endpoint"})
 
 # Settings whose change needs the engine to be loaded again.
-ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "lookup_draft", "adapter", "trained_adapter",
+ENGINE_FIELDS = frozenset({"engine", "model", "device", "threads", "lookup_draft", "kv_slots", "kv_cache_mb",
+                           "adapter", "trained_adapter",
                            "fim_adapter",
                            "remote_endpoint", "remote_model",
                            "fim_format", "test_table", "test_token_delay_ms", "test_load_delay_ms"})
@@ -70,12 +85,18 @@ class Settings:
     device: str = "auto"
     threads: Optional[int] = None
     lookup_draft: int = DEFAULT_DRAFT
+    kv_slots: int = 3
+    kv_cache_mb: int = 384
+    prewarm: bool = True
+    speculate: bool = True
+    quick_start_tokens: int = 256
     adapter: Optional[str] = None
     trained_adapter: bool = True
     fim_adapter: bool = True
     remote_endpoint: Optional[str] = None
     remote_model: Optional[str] = None
     fim_format: Optional[str] = None
+    generate_function_mode: str = AUTO
     max_tokens: int = 128
     debounce_ms: int = 100
     multiline: str = "auto"
@@ -111,8 +132,11 @@ class Settings:
 
     def engine_spec(self, workspace: Optional[str]) -> EngineSpec:
         """What `model.factory.open_engine` opens for these settings (the server never builds a model)."""
+        # KV slots sized for a full prompt and its longest generation (a longer request gets a longer slot).
+        slot_length = -(-(self.prompt_budget_tokens + max(self.max_tokens, 256)) // 512) * 512
         return EngineSpec(kind=self.engine, model=self.model, device=self.device, threads=self.threads,
-                          lookup_draft=self.lookup_draft, fim_format=self.fim_format, adapter=self.adapter,
+                          lookup_draft=self.lookup_draft, kv_slots=self.kv_slots, kv_cache_mb=self.kv_cache_mb,
+                          max_length=slot_length, fim_format=self.fim_format, adapter=self.adapter,
                           workspace=workspace, trained_adapter=self.trained_adapter, fim_adapter=self.fim_adapter,
                           remote_endpoint=self.remote_endpoint, remote_model=self.remote_model,
                           test_table=self.test_table, test_token_delay_ms=self.test_token_delay_ms,
@@ -229,12 +253,18 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "device": _choice(DEVICES),
     "threads": _int_range(1, 1024, optional=True),
     "lookup_draft": _int_range(0, DRAFT_ROWS - 1),
+    "kv_slots": _int_range(1, 16),
+    "kv_cache_mb": _int_range(0, 1 << 16),
+    "prewarm": _bool,
+    "speculate": _bool,
+    "quick_start_tokens": _int_range(0, 4096),
     "adapter": _opt_str,
     "trained_adapter": _bool,
     "fim_adapter": _bool,
     "remote_endpoint": _opt_str,
     "remote_model": _opt_str,
     "fim_format": _opt_str,
+    "generate_function_mode": _choice(FUNCTION_MODES),
     "max_tokens": _int_range(1, 2048),
     "debounce_ms": _int_range(0, 2000),
     "multiline": _choice(MULTILINE),
@@ -362,4 +392,4 @@ def parse_settings(raw: Any, base: Settings = Settings()) -> tuple[Settings, lis
 
 
 __all__ = ["Settings", "parse_settings", "unwrap", "without_workspace_unsafe", "WORKSPACE_UNSAFE", "ENGINE_FIELDS",
-           "ENGINES", "DEVICES", "MULTILINE"]
+           "ENGINES", "DEVICES", "MULTILINE", "FUNCTION_MODES"]

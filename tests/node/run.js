@@ -48,7 +48,7 @@ async function main() {
   const rootUri = pathToFileURL(root).href;
   const settings = { engine: 'test', debounceMs: 0, test: { table: TABLE } };
 
-  const { conn, exited, stderr: serverStderr } = spawnServer(root);
+  const { child, conn, exited, stderr: serverStderr } = spawnServer(root);
   const shown = [];
   const logged = [];
   const applied = [];

@@ -3,8 +3,8 @@
 --   INTARSIA_NVIM_TEST='{"cmd": ["intarsia", "serve"], "settings": {"engine": "test"}}' \
 --     nvim --clean -u editors/nvim/test/minimal_init.lua some.py
 --
--- INTARSIA_NVIM_TEST (JSON): cmd, settings (the server's), result_file and run (a Lua file run after
--- VimEnter: the test script). Without it: `intarsia serve` with the test engine and an empty table.
+-- INTARSIA_NVIM_TEST (JSON): cmd, settings (the server's), cursor_notify_ms, result_file and run (a Lua file
+-- run after VimEnter: the test script). Without it: `intarsia serve` with the test engine and an empty table.
 local here = vim.fs.dirname(vim.fs.normalize(debug.getinfo(1, 'S').source:sub(2)))
 local root = vim.fs.dirname(here) -- editors/nvim
 vim.opt.runtimepath:prepend(root)
@@ -20,6 +20,7 @@ require('intarsia').setup({
   settings = cfg.settings or { engine = 'test' },
   debounce_ms = cfg.debounce_ms or 30,
   native = cfg.native == nil and 'auto' or cfg.native,
+  cursor_notify_ms = cfg.cursor_notify_ms,
 })
 
 if cfg.run then

@@ -1,6 +1,6 @@
 -- Unit checks that need no server: word/line splitting, the JSON shape of the settings, the server command,
--- and the partial accept of the vim.lsp.inline_completion path (Neovim 0.12+), driven with an item shaped like
--- the ones that module passes to `on_accept`.
+-- the partial accept of the vim.lsp.inline_completion path (Neovim 0.12+), driven with an item shaped like
+-- the ones that module passes to `on_accept`, and the timer of the cursor notification (cursor_notify_ms).
 --
 --   nvim --headless --clean -l editors/nvim/test/unit.lua
 --
@@ -128,6 +128,34 @@ eq('an item that does not match what was typed is not inserted', vim.api.nvim_bu
   { 'zzz' })
 eq('and not reported', #executed, 3)
 vim.lsp.get_client_by_id = real_get_client
+
+-- the cursor notification (intarsia/didMoveCursor): setup()'s cursor_notify_ms, and the one timer
+local cursor = require('intarsia.cursor')
+eq('the cursor notification waits 120 ms by default', intarsia.defaults.cursor_notify_ms, 120)
+eq('cursor_notify_ms: whole ms, 0 or less is off, anything else the default',
+  vim.tbl_map(intarsia._cursor_notify_ms, { 0, 250, 99.9, -5, '40', 'x', 0 / 0, math.huge, true }),
+  { 0, 250, 99, 0, 40, 120, 120, 120, 120 })
+eq('the method', cursor.METHOD, 'intarsia/didMoveCursor')
+cursor.config.delay_ms = 50
+cursor.schedule()
+eq('a move starts the one timer', cursor.pending(), true)
+cursor.schedule()
+eq('another move restarts it', cursor.pending(), true)
+cursor.config.delay_ms = 0
+cursor.schedule()
+eq('delay 0: the pending notification is dropped and nothing waits', cursor.pending(), false)
+cursor.config.delay_ms = 50
+cursor.schedule()
+cursor.cancel()
+eq('cancel() drops it', cursor.pending(), false)
+local sent_before = cursor.stats.sent
+cursor.schedule()
+vim.wait(200, function()
+  return not cursor.pending()
+end, 10)
+vim.wait(50)
+eq('without an Intarsia client on the buffer nothing is sent when the pause ends',
+  { cursor.pending(), cursor.stats.sent }, { false, sent_before })
 
 print(('%d of %d checks passed'):format(total - failed, total))
 os.exit(failed == 0 and 0 or 1)

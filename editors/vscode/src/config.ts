@@ -1,9 +1,10 @@
 // Settings plumbing that does not need the `vscode` module (so that it can be checked with plain Node).
 //
 // The "intarsia" configuration section holds the server's settings (same names as the server's: engine, model,
-// maxTokens, test.table, ...) and a few that configure the extension itself (`server.*`, `trace.server`). Only
-// the former are sent to the server: in initializationOptions, in workspace/didChangeConfiguration and as the
-// answer to the server's workspace/configuration request. The server warns about keys it does not know.
+// maxTokens, test.table, ...) and a few that configure the extension itself (`server.*`, `trace.server`,
+// `cursorNotifyMs`). Only the former are sent to the server: in initializationOptions, in
+// workspace/didChangeConfiguration and as the answer to the server's workspace/configuration request. The server
+// warns about keys it does not know.
 //
 // Workspace Trust: a repository's .vscode/settings.json must not choose what the server loads or where prompts
 // go. VS Code already withholds workspace values of package.json's restrictedConfigurations in Restricted Mode
@@ -13,7 +14,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 /** Keys of the "intarsia" section that configure the extension only; never sent to the server. */
-export const CLIENT_ONLY_KEYS: readonly string[] = ['server', 'trace'];
+export const CLIENT_ONLY_KEYS: readonly string[] = ['server', 'trace', 'cursorNotifyMs'];
 
 /**
  * Keys of the "intarsia" section that point at code, files or endpoints, or that decide where the code goes:

@@ -12,13 +12,20 @@
 //   RESTRICTED_KEYS) and keys package.json does not contribute are sent with the user's values only; the
 //   machine-scoped `intarsia.server.*` are always read from user (or remote) settings. Granting trust sends the
 //   workspace's settings.
+// - Cursor: `intarsia/didMoveCursor` tells the server where the active editor's cursor is, a pause
+//   (`intarsia.cursorNotifyMs`, client-only) after the primary selection last moved or the active editor changed,
+//   so that it can pre-compute the suggestion there (cursor.ts: debounce and params; here: the vscode wiring).
 
 import * as vscode from 'vscode';
 import {
   DidChangeConfigurationNotification,
+  DidChangeTextDocumentNotification,
+  DidCloseTextDocumentNotification,
+  DidOpenTextDocumentNotification,
   ExecuteCommandRequest,
   LanguageClient,
   LanguageClientOptions,
+  NotificationType,
   ServerOptions,
   State,
 } from 'vscode-languageclient/node';
@@ -31,6 +38,15 @@ import {
   untrustedSection,
   userValue,
 } from './config';
+import {
+  ChangesInFlight,
+  CursorNotifier,
+  CursorSnapshot,
+  DID_MOVE_CURSOR_METHOD,
+  DidMoveCursorParams,
+  cursorNotifyMs,
+  cursorSnapshot,
+} from './cursor';
 
 const SECTION = 'intarsia';
 
@@ -39,6 +55,11 @@ let output: vscode.LogOutputChannel;
 let statusItem: vscode.StatusBarItem;
 /** The settings package.json contributes (first names after "intarsia."). */
 let contributed: string[] = [];
+/** The didChange notifications the current client is sending. */
+let changing = new ChangesInFlight();
+let cursorNotifier: CursorNotifier | undefined;
+
+const DidMoveCursorNotification = new NotificationType<DidMoveCursorParams>(DID_MOVE_CURSOR_METHOD);
 
 function currentServerSettings(): { [key: string]: unknown } {
   const config = vscode.workspace.getConfiguration(SECTION);
@@ -85,8 +106,74 @@ function createClient(): LanguageClient {
     },
   };
   const c = new LanguageClient(SECTION, 'Intarsia', serverOptions, clientOptions);
-  c.onDidChangeState((e) => updateStatus(e.newState));
+  c.onDidChangeState((e) => {
+    updateStatus(e.newState);
+    if (e.newState === State.Running) {
+      // A new server knows nothing of the cursor: tell it where it is.
+      cursorNotifier?.reset();
+      cursorNotifier?.moved();
+    }
+  });
+  trackChanges(c);
   return c;
+}
+
+/** Follow the didChange notifications `c` is sending (the cursor notification waits while one is on its way). */
+function trackChanges(c: LanguageClient): void {
+  const inFlight = new ChangesInFlight();
+  changing = inFlight;
+  const didChange = c.getFeature(DidChangeTextDocumentNotification.method);
+  didChange.onAboutToSendNotification((e) =>
+    inFlight.aboutToSend(e.params.textDocument.uri, e.params.textDocument.version)
+  );
+  didChange.onNotificationSent((e) => inFlight.sent(e.params.textDocument.uri, e.params.textDocument.version));
+  c.getFeature(DidCloseTextDocumentNotification.method).onNotificationSent((e) =>
+    inFlight.closed(e.params.textDocument.uri)
+  );
+}
+
+/** Whether `c` has opened `document` on the server (didOpen sent; the documentSelector matched). */
+function isOpened(c: LanguageClient, document: vscode.TextDocument): boolean {
+  const key = document.uri.toString();
+  for (const d of c.getFeature(DidOpenTextDocumentNotification.method).openDocuments) {
+    if (d === document || d.uri.toString() === key) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/** What the cursor notification would carry now (cursor.ts's cursorSnapshot decides). */
+function currentCursor(): CursorSnapshot {
+  const editor = vscode.window.activeTextEditor;
+  const c = client;
+  if (editor === undefined || c === undefined) {
+    return undefined;
+  }
+  const document = editor.document;
+  const running = c.isRunning();
+  const uri = c.code2ProtocolConverter.asUri(document.uri);
+  return cursorSnapshot({
+    running,
+    scheme: document.uri.scheme,
+    uri,
+    version: document.version,
+    opened: running && isOpened(c, document),
+    changing: changing.has(uri),
+    position: c.code2ProtocolConverter.asPosition(editor.selection.active),
+  });
+}
+
+function sendCursor(params: DidMoveCursorParams): Promise<void> {
+  const c = client;
+  if (c === undefined || !c.isRunning()) {
+    return Promise.resolve();
+  }
+  return c.sendNotification(DidMoveCursorNotification, params);
+}
+
+function cursorNotifyDelay(): number {
+  return cursorNotifyMs(vscode.workspace.getConfiguration(SECTION).get('cursorNotifyMs'));
 }
 
 function updateStatus(state: State): void {
@@ -203,6 +290,9 @@ async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promi
   if (!e.affectsConfiguration(SECTION)) {
     return;
   }
+  if (e.affectsConfiguration(`${SECTION}.cursorNotifyMs`)) {
+    cursorNotifier?.setDelay(cursorNotifyDelay());
+  }
   if (needsRestart((s) => e.affectsConfiguration(s))) {
     output.info('intarsia.server changed: restarting the server');
     await stopClient();
@@ -228,9 +318,20 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   }
   statusItem = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   statusItem.command = 'intarsia.showStatus';
+  const notifier = new CursorNotifier(currentCursor, sendCursor, cursorNotifyDelay(), undefined, (err) =>
+    output.debug(`${DID_MOVE_CURSOR_METHOD} not sent: ${String(err)}`)
+  );
+  cursorNotifier = notifier;
   context.subscriptions.push(
     output,
     statusItem,
+    notifier,
+    vscode.window.onDidChangeTextEditorSelection((e) => {
+      if (e.textEditor === vscode.window.activeTextEditor) {
+        notifier.moved();
+      }
+    }),
+    vscode.window.onDidChangeActiveTextEditor(() => notifier.moved()),
     vscode.commands.registerCommand('intarsia.generateFunctionFromDocstring', generateFunction),
     vscode.commands.registerCommand('intarsia.showStatus', showStatus),
     vscode.commands.registerCommand('intarsia.reload', reloadModel),

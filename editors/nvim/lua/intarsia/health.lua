@@ -19,6 +19,8 @@ function M.check()
   end
   h.info('server log: ' .. (cfg.log_file and tostring(cfg.log_file) or 'stderr (in lsp.log)'))
   h.info('ghost text: ' .. (intarsia.native and 'vim.lsp.inline_completion' or 'extmarks'))
+  local delay = require('intarsia.cursor').config.delay_ms
+  h.info('cursor notification (intarsia/didMoveCursor): ' .. (delay > 0 and (delay .. ' ms after a move') or 'off'))
   local clients = vim.lsp.get_clients({ name = cfg.name })
   if #clients == 0 then
     h.warn('no Intarsia server is running (open a file of a configured filetype)')

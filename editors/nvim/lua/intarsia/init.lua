@@ -1,6 +1,7 @@
 -- Intarsia for Neovim (0.11+): starts `intarsia serve` with vim.lsp.config + vim.lsp.enable for the configured
 -- filetypes, shows its inline completions as ghost text and accepts them (all, a line, a word), and generates a
--- function body from its docstring (:IntarsiaGenerate).
+-- function body from its docstring (:IntarsiaGenerate), and tells the server where the cursor is
+-- (intarsia/didMoveCursor, lua/intarsia/cursor.lua) so that it can prepare the suggestion there.
 --
 -- Ghost text comes from Neovim's own vim.lsp.inline_completion where it exists (0.12+), otherwise from
 -- lua/intarsia/ghost.lua (extmarks). Settings are the server's (the "intarsia" section: engine, model,
@@ -12,6 +13,7 @@
 
 local api = vim.api
 local ghost = require('intarsia.ghost')
+local cursor_notify = require('intarsia.cursor')
 
 local M = {}
 
@@ -47,6 +49,9 @@ M.defaults = {
   auto_trigger = true,
   --- Pause (ms) after the last keystroke before asking (extmark path; the server adds its own adaptive wait).
   debounce_ms = 75,
+  --- Pause (ms) after the cursor last moved before telling the server where it is (intarsia/didMoveCursor), so
+  --- that it can prepare the suggestion there; 0 disables.
+  cursor_notify_ms = 120,
   --- Use vim.lsp.inline_completion (Neovim 0.12+): 'auto' where it exists, true, or false (extmarks).
   native = 'auto',
   --- Insert-mode keys (false or '' disables one). Without a suggestion, a key does what it does otherwise.
@@ -298,6 +303,7 @@ local function on_attach(client, bufnr)
   else
     ghost.attach(bufnr)
   end
+  cursor_notify.attach(bufnr)
   set_keymaps(bufnr)
 end
 
@@ -413,7 +419,18 @@ function M.update_settings(settings)
   end
 end
 
+--- setup()'s cursor_notify_ms as the pause of lua/intarsia/cursor.lua: whole milliseconds, 0 (off) for 0 or less,
+--- the default for anything but a number.
+local function cursor_notify_ms(value)
+  local ms = tonumber(value)
+  if ms == nil or ms ~= ms or ms == math.huge then
+    return M.defaults.cursor_notify_ms
+  end
+  return math.max(0, math.floor(ms))
+end
+
 -- For the unit tests (test/unit.lua).
+M._cursor_notify_ms = cursor_notify_ms
 M._server_settings = server_settings
 M._native_partial = native_partial
 M._lsp_config = lsp_config
@@ -436,6 +453,11 @@ function M.setup(opts)
   ghost.config.debounce_ms = cfg.debounce_ms
   ghost.config.auto_trigger = cfg.auto_trigger
   ghost.config.hl_group = cfg.hl_group
+  cursor_notify.config.client_name = cfg.name
+  cursor_notify.config.delay_ms = cursor_notify_ms(cfg.cursor_notify_ms)
+  if cursor_notify.config.delay_ms == 0 then
+    cursor_notify.cancel()
+  end
 
   local group = api.nvim_create_augroup('intarsia', { clear = true })
   api.nvim_create_autocmd('LspAttach', {
@@ -454,6 +476,8 @@ function M.setup(opts)
       if client and client.name == cfg.name then
         del_keymaps(args.buf)
         ghost.unattach(args.buf)
+        cursor_notify.detach(args.buf)
+        cursor_notify.forget(client.id)
       end
     end,
   })
