@@ -64,11 +64,11 @@ INLINE_CAPABILITIES = t.ClientCapabilities(
 
 
 async def start_server(client, ws: Path, log: Path, settings: dict, *, tree: Optional[str] = None,
-                       capabilities: t.ClientCapabilities = INLINE_CAPABILITIES) -> int:
+                       capabilities: t.ClientCapabilities = INLINE_CAPABILITIES, verbose: bool = False) -> int:
     """Start `intarsia serve` (from `tree` when given) on workspace `ws`, logging to `log`, initialize it with
-    `settings` as the `intarsia` section; returns the server's pid."""
-    await client.start_io(sys.executable, "-m", "intarsia.server.cli", "serve", "--log-file", str(log),
-                          env=server_env(tree))
+    `settings` as the `intarsia` section; returns the server's pid. `verbose`: debug logging."""
+    await client.start_io(sys.executable, "-m", "intarsia.server.cli", *(["-v"] if verbose else []), "serve",
+                          "--log-file", str(log), env=server_env(tree))
     await client.initialize_async(t.InitializeParams(
         capabilities=capabilities, root_uri=ws.as_uri(),
         workspace_folders=[t.WorkspaceFolder(uri=ws.as_uri(), name="ws")],

@@ -79,6 +79,7 @@ class Stats:
     answered: int = 0
     cancelled: int = 0
     first_requests: int = 0
+    jumps: list[dict] = field(default_factory=list)  # per jump: where, when, and how its first suggestion came
 
 
 def releases(package: str, old: str, new: str, cache: Path, module: str) -> tuple[dict, dict]:
@@ -142,6 +143,7 @@ class Session:
         self.next_id = 10_000
         self.jump_t0: float | None = None  # the first keystroke after the current jump
         self.jump_open = False  # no suggestion shown since the jump yet
+        self.jump_keys = 0  # keystrokes since the jump
 
     def uri(self, path: str) -> str:
         return (self.ws / path).as_uri()
@@ -202,6 +204,8 @@ class Session:
             if self.jump_open:
                 self.stats.first.append(fut.done_at - self.jump_t0)
                 self.jump_open = False
+                self.stats.jumps[-1].update(first_ms=round((fut.done_at - self.jump_t0) * 1000, 1),
+                                            keys_before=self.jump_keys - 1)
             self.visible = text
 
     def request(self, path: str, offset: int, first: bool) -> None:
@@ -232,7 +236,8 @@ class Session:
                 self.visible = None
         self.stats.typed_chars += chars
         if first:
-            self.jump_t0, self.jump_open = time.monotonic(), True
+            self.jump_t0, self.jump_open, self.jump_keys = time.monotonic(), True, 0
+        self.jump_keys += 1
         self.change(path, offset, offset, text)
         offset += len(text)
         self.stats.keystrokes += 1
@@ -253,7 +258,7 @@ async def replay(args, changes: list[Change], ws: Path) -> dict:
     log = ws.parent / (ws.name + ".log")
     client = LanguageClient("intarsia-replay-bench", "1")
     settings = {"acceptanceLog": False, **json.loads(args.settings)}
-    pid = await start_server(client, ws, log, settings, tree=args.server_tree)
+    pid = await start_server(client, ws, log, settings, tree=args.server_tree, verbose=args.server_verbose)
 
     async def status():
         return await client.workspace_execute_command_async(t.ExecuteCommandParams(command="intarsia.status"))
@@ -277,7 +282,10 @@ async def replay(args, changes: list[Change], ws: Path) -> dict:
         s.visible = None
         if args.cursor_notifications:
             s.cursor(ch.path, offset)
-        await asyncio.sleep(rng.uniform(*args.read_pause))
+        pause = rng.uniform(*args.read_pause)
+        stats.jumps.append({"path": ch.path, "line": ch.line, "at": round(time.time(), 3),
+                            "read_pause_s": round(pause, 2), "first_ms": None, "keys_before": None})
+        await asyncio.sleep(pause)
         first = True
         for line in ch.added:
             indent = line[: len(line) - len(line.lstrip(" "))]
@@ -314,6 +322,7 @@ async def replay(args, changes: list[Change], ws: Path) -> dict:
                                                  "p99": pct(stats.first, .99)},
                             "rest": {"n": len(stats.rest), "p50": pct(stats.rest, .5), "p95": pct(stats.rest, .95),
                                      "p99": pct(stats.rest, .99)}},
+        "jumps": stats.jumps,
         "visible_share": round(stats.visible / max(stats.keystrokes, 1), 3),
         "chars_predicted": {"typed": stats.typed_chars, "predicted": stats.predicted,
                             "share": round(stats.predicted / max(stats.typed_chars, 1), 3)},
@@ -339,6 +348,7 @@ def main() -> int:
     ap.add_argument("--no-cursor-notifications", dest="cursor_notifications", action="store_false")
     ap.add_argument("--settings", default="{}", help="extra server settings (JSON)")
     ap.add_argument("--server-tree", default=None, help="run the server from this checkout")
+    ap.add_argument("--server-verbose", action="store_true", help="debug logging in the server's log")
     ap.add_argument("--label", default="server")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "intarsia-replay-wheels")
     args = ap.parse_args()

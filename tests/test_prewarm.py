@@ -43,7 +43,7 @@ async def _until(pred, timeout: float = 5.0) -> None:
 
 
 async def test_a_cursor_move_prewarms_and_the_request_reuses_it(isolated_cache):
-    s = _session(test={"table": {"return ": "a + b"}})
+    s = _session(speculate=False, test={"table": {"return ": "a + b"}})
     await _ready(s)
     s.did_open(URI, "python", 1, LONG)
     s.did_move_cursor(URI, 1, 301, 11)
@@ -137,7 +137,9 @@ async def test_a_cursor_at_the_end_of_a_line_prepares_the_line_after_enter(isola
     await _ready(s)
     src = "def add(a, b):\nprint(add(1, 2))\n"
     s.did_open(URI, "python", 1, src)
+    scheduled = s.prewarm.stats["scheduled"]
     s.did_move_cursor(URI, 1, 0, 14)  # the end of the def line: Enter will indent one level more
+    assert s.prewarm.stats["scheduled"] == scheduled  # (the speculation warms the prefix; no pre-fill behind it)
     await _until(lambda: URI not in s._speculation and s.counters["speculations"] == 1)
     s.did_change(URI, 2, [((0, 14, 0, 14), "\n    ")])  # Enter, and the editor's indentation
     sug = await s.complete(URI, 1, 4)
@@ -222,3 +224,23 @@ async def test_typing_inside_a_block_of_lines_keeps_the_short_prompts_beginning(
     # Without a window the prefix takes the whole budget (the usual fit).
     full = build_prompt(QWEN25_CODER, engine.count_tokens, text, cursor, budget=budget)
     assert full.prefix_start < min(starts)
+
+
+async def test_moving_elsewhere_stops_the_generations_nobody_waits_for(isolated_cache):
+    s = _session(prewarm=False, speculate=False, test={"table": {"return ": "a + b"}, "tokenDelayMs": 100})
+    await _ready(s)
+    other = "file:///ws/other.py"
+    s.did_open(URI, "python", 1, "def add(a, b):\n    return \n")
+    s.did_open(other, "python", 1, "x = 1\n")
+    first = asyncio.ensure_future(s.complete(URI, 1, 11, invoked=True))
+    await _until(lambda: URI in s._inflight)
+    first.cancel()  # $/cancelRequest: the generation goes on for a request that types ahead of it...
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    flight = s._inflight[URI]
+    s.did_move_cursor(URI, 1, 1, 11)  # (the cursor where it was: nothing to stop)
+    assert not flight.job.cancel.is_set()
+    s.did_move_cursor(other, 1, 0, 5)  # ...until the user goes elsewhere: the model thread is free at once
+    assert flight.job.cancel.is_set()
+    await _until(lambda: URI not in s._inflight)
+    await s.shutdown()
