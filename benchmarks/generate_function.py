@@ -3,10 +3,13 @@
 `intarsia serve` runs over stdio with a pygls client, as an editor runs it. For each problem the client opens a
 file holding the problem's prompt as a user would write it (signature and docstring, body `pass`), executes the
 command `intarsia.generateFunction` at the def line, applies the `workspace/applyEdit` the server sends, and runs
-the problem's hidden tests on the edited file in the sandbox (benchmarks/sandbox.py). The tests are never shown
-to the model; the documents are opened, never written to disk, so the workspace holds no other problem as
-repository context. Strategies are the server setting `generateFunctionMode`, changed between runs with
-`workspace/didChangeConfiguration`; one server serves them all.
+the problem's hidden tests on the edited file in the sandbox (benchmarks/sandbox.py, the server's own). The tests
+are never shown to the model nor to verified generation; the documents are opened, never written to disk, so the
+workspace holds no other problem as repository context. Strategies are the server setting `generateFunctionMode`,
+changed between runs with `workspace/didChangeConfiguration`; one server serves them all. A strategy name ending
+in `+verify` (`chat+verify`, `auto+verify`) runs that mode with verified generation on (`generateFunctionVerify`:
+the body is judged by the docstring's own examples, more are sampled while it fails them, within
+`generateFunctionBudgetS`, which `--settings` may set); the plain names run with it off, as before it existed.
 
 Data (../shared/data, pinned as ANCHORS.md section F says: the versions Qwen's report used):
 - humaneval: OpenAI HumanEval (164); "humaneval" = its own `check` tests, "humaneval+" = EvalPlus HumanEval+
@@ -16,11 +19,14 @@ Data (../shared/data, pinned as ANCHORS.md section F says: the versions Qwen's r
   inputs against the canonical solution. Inputs on which the canonical solution itself raises are skipped
   (EvalPlus converts some MBPP inputs to tuples per task; this harness passes them as JSON gives them).
 
-Per strategy: pass@1 per score, the share of problems whose body was applied, whose edited file parses, whose
-body (or refused answer) was a placeholder, and p50/p95 seconds per body (the command's round trip).
+Per strategy: pass@1 per score (of the applied body), the share of problems whose body was applied, whose edited
+file parses, whose body (or refused answer) was a placeholder, and p50/p95 seconds per body (the command's round
+trip). Verified strategies add: problems whose docstring gave examples, bodies that pass them all, bodies sampled
+beyond the greedy one (total and mean), bodies applied that were a sample, and how often a body that passes its
+examples passes the hidden tests too.
 
     python benchmarks/generate_function.py --strategies fim,chat,chat+adapter --limit 40 --seed 0
-    python benchmarks/generate_function.py --datasets humaneval --strategies auto --out results.json
+    python benchmarks/generate_function.py --datasets humaneval --strategies chat,chat+verify --out results.json
 
 Prints one JSON object on stdout (and --out FILE); progress and a markdown table on stderr.
 """
@@ -49,7 +55,7 @@ from tqdm import tqdm
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from sandbox import network_isolated, run_program  # noqa: E402
+from sandbox import network_isolated, run_program, writes_confined  # noqa: E402
 from lsp_bench import pct, start_server, wait_ready  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "data"
@@ -57,6 +63,7 @@ HUMANEVAL = DATA / "humaneval" / "HumanEval.jsonl.gz"
 HUMANEVAL_PLUS = DATA / "humanevalplus" / "HumanEvalPlus-v0.1.9.jsonl.gz"
 MBPP_PLUS = DATA / "mbppplus" / "MbppPlus-v0.1.0.jsonl.gz"
 DATASETS = ("humaneval", "mbppplus")
+VERIFY_SUFFIX = "+verify"
 
 log = logging.getLogger("generate_function")
 
@@ -198,6 +205,14 @@ class Record:
     reason: str = ""
     passed: dict = field(default_factory=dict)  # score name -> bool
     body: str = ""
+    verification: Optional[dict] = None  # the command's report on the docstring's examples (verified strategies)
+
+
+def parse_strategy(name: str) -> tuple[str, bool]:
+    """(generateFunctionMode, generateFunctionVerify) of a strategy name ("chat+verify" -> ("chat", True))."""
+    if name.endswith(VERIFY_SUFFIX):
+        return name[:-len(VERIFY_SUFFIX)], True
+    return name, False
 
 
 def score(p: Problem, edited: Optional[str], timeout: float) -> dict[str, bool]:
@@ -237,7 +252,9 @@ async def run(args: argparse.Namespace) -> dict:
         edits.append(params)
         return t.ApplyWorkspaceEditResult(applied=True)
 
-    await start_server(client, ws, log_file, {**settings, "generateFunctionMode": strategies[0]},
+    first_mode, first_verify = parse_strategy(strategies[0])
+    await start_server(client, ws, log_file, {**settings, "generateFunctionMode": first_mode,
+                                              "generateFunctionVerify": first_verify},
                        tree=args.server_tree, capabilities=t.ClientCapabilities(
                            general=t.GeneralClientCapabilities(position_encodings=[t.PositionEncodingKind.Utf16]),
                            workspace=t.WorkspaceClientCapabilities(
@@ -255,11 +272,14 @@ async def run(args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {}
     records: dict[str, list[Record]] = {}
     for strategy in strategies:
+        mode, verify = parse_strategy(strategy)
         client.workspace_did_change_configuration(t.DidChangeConfigurationParams(
-            settings={"intarsia": {**settings, "generateFunctionMode": strategy}}))
+            settings={"intarsia": {**settings, "generateFunctionMode": mode, "generateFunctionVerify": verify}}))
         st = await execute("intarsia.status")
-        if st["settings"].get("generateFunctionMode") != strategy:
-            raise SystemExit(f"the server did not take generateFunctionMode={strategy}: {st['settings']}")
+        if st["settings"].get("generateFunctionMode") != mode or \
+                st["settings"].get("generateFunctionVerify") is not verify:
+            raise SystemExit(f"the server did not take generateFunctionMode={mode}, generateFunctionVerify={verify}:"
+                             f" {st['settings']}")
         recs: list[Record] = []
         for k, p in enumerate(tqdm(problems, desc=strategy, file=sys.stderr, unit="fn")):
             uri = (ws / strategy.replace("+", "_") / f"{p.dataset}_{k}.py").as_uri()
@@ -270,7 +290,7 @@ async def run(args: argparse.Namespace) -> dict:
             res = await execute("intarsia.generateFunction", {"uri": uri, "position": {"line": p.def_line,
                                                                                         "character": 4}})
             rec = Record(p.task_id, p.dataset, seconds=time.perf_counter() - s, reason=res.get("reason", ""),
-                         strategy=res.get("strategy", ""))
+                         strategy=res.get("strategy", ""), verification=res.get("verification"))
             client.text_document_did_close(t.DidCloseTextDocumentParams(
                 text_document=t.TextDocumentIdentifier(uri=uri)))
             edited = None
@@ -302,7 +322,8 @@ async def run(args: argparse.Namespace) -> dict:
         "server_tree": args.server_tree, "settings": settings, "datasets": args.datasets, "limit": args.limit,
         "seed": args.seed, "problems": len(problems), "engine_load_s": round(load_s, 1),
         "data": {"humaneval": HUMANEVAL.name, "humaneval+": HUMANEVAL_PLUS.name, "mbpp+": MBPP_PLUS.name},
-        "sandbox_network_isolated": network_isolated(), "strategies": results,
+        "sandbox_network_isolated": network_isolated(), "sandbox_writes_confined": writes_confined(),
+        "strategies": results,
         "records": {s: [r.__dict__ for r in rs] for s, rs in records.items()} if args.records else None,
         "log": str(log_file),
     }
@@ -327,12 +348,24 @@ def summarize(recs: list[Record]) -> dict:
         if r.applied:
             used[r.strategy] = used.get(r.strategy, 0) + 1
     out["bodies_by_strategy"] = used
+    checked = [r for r in recs if r.verification]
+    if checked:
+        verified = [r for r in checked if r.verification["verified"]]
+        sampled = [r.verification.get("sampled", 0) for r in checked]
+        out["with_examples"] = len(checked)
+        out["examples_pass"] = len(verified)
+        out["sampled_total"] = sum(sampled)
+        out["sampled_mean"] = round(statistics.mean(sampled), 2)
+        out["sample_applied"] = sum(r.verification["chosen"] > 0 for r in checked)
+        out["examples_pass_then_hidden_pass"] = round(
+            sum(r.passed.get("humaneval+", r.passed.get("mbpp+", False)) for r in verified) / len(verified), 3) \
+            if verified else None
     return out
 
 
 def table(res: dict) -> str:
     cols = ["pass@1 humaneval", "pass@1 humaneval+", "pass@1 mbpp", "pass@1 mbpp+", "applied", "parses",
-            "placeholder", "p50_s", "p95_s"]
+            "placeholder", "p50_s", "p95_s", "with_examples", "examples_pass", "sampled_total", "sample_applied"]
     lines = ["| strategy | " + " | ".join(c.replace("pass@1 ", "") for c in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
     for s, r in res["strategies"].items():
@@ -343,7 +376,8 @@ def table(res: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--strategies", default="fim,chat,chat+adapter",
-                    help="generateFunctionMode values, run one after the other (auto, fim, chat, chat+adapter)")
+                    help="generateFunctionMode values, run one after the other (auto, fim, chat, chat+adapter); "
+                         "with +verify (chat+verify): verified generation on")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--limit", type=int, default=None, help="problems per dataset (a seeded shuffle's first N)")
     ap.add_argument("--seed", type=int, default=0)

@@ -45,6 +45,10 @@ def main() -> int:
     ap.add_argument("--max-examples", type=int, default=1500)
     ap.add_argument("--eval-next-line", type=int, default=40)
     ap.add_argument("--eval-fim", type=int, default=20)
+    ap.add_argument("--eval-line-rest", type=int, default=0, help="rest-of-line held-out samples (intarsia train: 60)")
+    ap.add_argument("--eval-body", type=int, default=0, help="body-from-docstring held-out samples (intarsia train: 20)")
+    ap.add_argument("--time-budget", default="none",
+                    help="intarsia train's --time-budget (default none here: the steps given run to the end)")
     ap.add_argument("--held-out", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--from-base", action="store_true",
@@ -77,6 +81,7 @@ def main() -> int:
     opts = TrainOptions(
         base=args.base, device=args.device, held_out=args.held_out, seed=args.seed, max_examples=args.max_examples,
         eval_next_line=args.eval_next_line, eval_fim=args.eval_fim, promote=False, use_acceptance_log=False,
+        eval_line_rest=args.eval_line_rest, eval_body=args.eval_body, time_budget=args.time_budget,
         from_fim_adapter=not args.from_base,
         render=RenderOptions(budget=budget),
         config=TrainConfig(rank=args.rank, alpha=2 * args.rank, learning_rate=args.lr, max_steps=args.max_steps,

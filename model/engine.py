@@ -42,6 +42,9 @@ class GenerationRequest:
     # 0 means greedy. Sampling parameters are honoured by engines that support them.
     temperature: float = 0.0
     top_p: float = 1.0
+    # Sampling only: the same seed, prompt and parameters give the same tokens (an engine's own random generator
+    # when None). Greedy requests ignore it.
+    seed: Optional[int] = None
     # Name of a loaded LoRA adapter to apply for this request (None: the engine's active default).
     adapter: Optional[str] = None
     # Benchmarks only: keep generating through end tokens so every engine produces max_new_tokens.

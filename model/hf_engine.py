@@ -239,11 +239,13 @@ class HfEngine(LocalEngine):
                 stack.enter_context(model.disable_adapter())
             state["logits"] = forward(job.prompt)
             job.stopwatch.mark_prefill_done()
+            seed = job.request.seed
+            rng = self._rng if seed is None else np.random.default_rng(seed)
 
             def next_token() -> int:
                 if "pending" in state:
                     state["logits"] = forward([state.pop("pending")])
-                tok = sample_token(state["logits"], job.request.temperature, job.request.top_p, self._rng)
+                tok = sample_token(state["logits"], job.request.temperature, job.request.top_p, rng)
                 state["pending"] = tok
                 return tok
 

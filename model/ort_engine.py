@@ -88,9 +88,11 @@ class OrtEngine(LocalEngine):
     threads for the CPU provider (default: the cores this process may run on). `max_length`: initial size of
     the KV buffer in tokens (default min(context length, 4096)); it grows up to the context length when a
     request needs more. `prefill_chunk`: prompt tokens run per forward pass, with a cancel check between
-    chunks (default 128 on CPU, where it costs ~5 % of prefill throughput against 512 and bounds the cancel
-    latency to ~1 s on two cores, and 512 on CUDA); the chunks of a cancelled prefill stay in the cache and are
-    reused by the next request. `eos_token_ids`: tokens that end a generation (default: genai_config.json's
+    chunks (default 64 on CPU and 512 on CUDA). onnxruntime-genai 0.18 holds Python's GIL for the whole of
+    each forward pass, so a chunk is also how long the server's event loop (other requests, cache answers,
+    cancellations) may have to wait: on two cores 64 tokens are ~0.6 s at the same prefill throughput as 128
+    (measured 105 and 103 tokens/s; 32: 91, 16: 82). The chunks of a cancelled prefill stay in the cache and
+    are reused by the next request. `eos_token_ids`: tokens that end a generation (default: genai_config.json's
     eos_token_id).
     `adapters` (name → .onnx_adapter file) are loaded at start; `default_adapter` is used by requests whose
     `adapter` is None (BASE_ADAPTER, "", selects the base model explicitly).
@@ -148,7 +150,7 @@ class OrtEngine(LocalEngine):
             model_cfg.get("context_length") or self._genai_config.get("search", {}).get("max_length") or 4096
         )
         self.max_length = min(int(max_length or 4096), self.context_length)
-        self.prefill_chunk = max(int(prefill_chunk or (512 if provider == "cuda" else 128)), 1)
+        self.prefill_chunk = max(int(prefill_chunk or (512 if provider == "cuda" else 64)), 1)
         eos = eos_token_ids if eos_token_ids is not None else model_cfg.get("eos_token_id", [])
         self.eos_token_ids: tuple[int, ...] = tuple(int(e) for e in ([eos] if isinstance(eos, int) else eos))
         self._decoder_file = self.model_dir / model_cfg.get("decoder", {}).get("filename", "model.onnx")
@@ -444,13 +446,14 @@ class OrtEngine(LocalEngine):
             # Choose tokens from the logits ourselves: sampling, or greedy through end tokens (onnxruntime-genai
             # marks the generator done at an end token and then only yields padding).
             pending: list[int] = []
+            rng = self._rng if request.seed is None else np.random.default_rng(request.seed)
 
             def next_token() -> int:
                 if pending:
                     gen.append_tokens(np.asarray(pending, dtype=np.int32))
                     pending.clear()
                 logits = gen.get_logits().reshape(-1)
-                tok = sample_token(logits, request.temperature, request.top_p, self._rng)
+                tok = sample_token(logits, request.temperature, request.top_p, rng)
                 pending.append(tok)
                 return tok
 

@@ -1,8 +1,8 @@
 """An engine that asks an OpenAI-compatible server (vLLM, llama.cpp's llama-server, ...) for completions.
 
-`POST {base_url}/v1/completions` with `prompt`, `max_tokens`, `temperature`, `top_p`, `stop` and, by
-default, `stream: true` (server-sent events: `data: {...}` lines ending with `data: [DONE]`). Servers cap the
-stop list (OpenAI and others take at most 4), so only the first `max_server_stops` stop strings are sent and
+`POST {base_url}/v1/completions` with `prompt`, `max_tokens`, `temperature`, `top_p`, `seed` (sampling with a
+request's seed), `stop` and, by default, `stream: true` (server-sent events: `data: {...}` lines ending with
+`data: [DONE]`). Servers cap the stop list (OpenAI and others take at most 4), so only the first `max_server_stops` stop strings are sent and
 all of them are applied locally with `StopMatcher`, which also decides where the text is cut. Cancelling shuts
 the connection down, which makes the server stop generating.
 
@@ -240,6 +240,8 @@ class RemoteEngine(Engine):
         body["temperature"] = float(request.temperature)
         if request.top_p < 1:
             body["top_p"] = float(request.top_p)
+        if request.seed is not None and request.temperature > 0:
+            body["seed"] = int(request.seed)  # (OpenAI, vLLM and llama.cpp servers take it)
         stops = [s for s in request.stop if s]
         if stops and self.max_server_stops:
             body["stop"] = stops[: self.max_server_stops]

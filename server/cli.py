@@ -315,9 +315,13 @@ def _train_options(args: argparse.Namespace):
     render = RenderOptions()  # the server's prompt budget on the training device (training.run.served_budget)
     return TrainOptions(base=args.base, device=args.device, held_out=args.held_out,
                         recent_commits=args.recent_commits, seed=args.seed, max_examples=args.max_examples,
-                        eval_next_line=args.eval_next_line, eval_fim=args.eval_fim, render=render, config=cfg,
+                        eval_next_line=args.eval_next_line, eval_line_rest=args.eval_line_rest,
+                        eval_block=args.eval_block, eval_body=args.eval_body,
+                        eval_min_samples=args.eval_min_samples, eval_base=args.eval_base, render=render, config=cfg,
                         promote=not args.no_promote, use_acceptance_log=not args.no_acceptance_log,
-                        progress=not args.quiet, from_fim_adapter=not args.from_base)
+                        progress=not args.quiet, from_fim_adapter=not args.from_base,
+                        continue_promoted=not args.no_continue, time_budget=args.time_budget,
+                        min_steps=args.min_steps)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -332,6 +336,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"files: {report['files']} kept, {report['train_files']} to train on, "
               f"{report['held_out_files']} held out")
         print(f"examples: {report['examples']} " + json.dumps(report["examples_by_kind"]))
+        print(f"held-out samples: {sum(report['eval_samples_by_kind'].values())} "
+              + json.dumps(report["eval_samples_by_kind"]))
         print(f"accepted suggestions used: {report['accepted_examples']}; lines with masked secrets: "
               f"{report['masked_secret_lines']}")
         print(f"skipped: {sum(report['skipped'].values())} " + json.dumps(report["skipped"]))
@@ -352,6 +358,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{name:8s} exact match {a.get('exact_match')}  edit similarity {a.get('edit_similarity')}  "
                   f"shown {a.get('shown')}  (n={a.get('samples')})")
         print(f"perplexity: {report.get('perplexity')}")
+        gate = report.get("gate") or {}
+        pct = f"{100 * gate.get('confidence', 0.9):g} %"
+        for kind, c in [("all", gate.get("overall"))] + list((gate.get("by_kind") or {}).items()):
+            if c:
+                em, es = c["exact_gain"], c["similarity_gain"]
+                print(f"gain vs {report['reference']:8s} {kind:9s} n={c['samples']:<4d} exact match "
+                      f"{em['mean']:+.1f} [{em['low']:+.1f}, {em['high']:+.1f}]  edit similarity {es['mean']:+.1f} "
+                      f"[{es['low']:+.1f}, {es['high']:+.1f}]  ({pct} intervals)")
         print(f"{report['version']}: {'promoted' if d['promoted'] else 'not promoted'} ({d['why']})")
         print(f"report: {report['version_dir']}/report.md")
     return 0
@@ -418,12 +432,26 @@ def _add_train_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (resumable)")
     p.add_argument("--max-examples", type=int, default=0, help="sample at most N training examples (0: all)")
-    p.add_argument("--eval-next-line", type=int, default=40, help="next-line samples from held-out files")
-    p.add_argument("--eval-fim", type=int, default=20, help="FIM samples from held-out files")
+    p.add_argument("--time-budget", default="auto", metavar="DURATION",
+                   help="minutes or a duration (20m, 1h, 1h30m) for the whole run, evaluation included; 'none': "
+                        "no budget (default auto: 20 min on a CPU, none on CUDA)")
+    p.add_argument("--min-steps", type=int, default=16,
+                   help="with a time budget, make steps smaller when the budget gives fewer (0: keep --batch-tokens)")
+    p.add_argument("--eval-next-line", type=int, default=80, help="held-out samples: the next line in a body")
+    p.add_argument("--eval-line-rest", type=int, default=60, help="held-out samples: the rest of a line")
+    p.add_argument("--eval-block", "--eval-fim", dest="eval_block", type=int, default=40,
+                   help="held-out samples: a statement or block of 2-8 lines in a body")
+    p.add_argument("--eval-body", type=int, default=20, help="held-out samples: a body from its docstring")
+    p.add_argument("--eval-min-samples", type=int, default=100,
+                   help="with a time budget, never evaluate fewer held-out samples than this")
+    p.add_argument("--eval-base", action="store_true",
+                   help="also score the plain base model when it is not the served one (report only)")
     p.add_argument("--no-promote", action="store_true", help="evaluate and store, but do not promote")
     p.add_argument("--no-acceptance-log", action="store_true", help="do not learn from accepted suggestions")
     p.add_argument("--from-base", action="store_true",
                    help="start from the plain base model, not from its shipped fill-in-the-middle adapter")
+    p.add_argument("--no-continue", action="store_true",
+                   help="do not continue the workspace's promoted adapter (start from the shipped one)")
     p.add_argument("--json", action="store_true")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -17,6 +20,34 @@ def isolated_cache(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     monkeypatch.setenv("INTARSIA_CACHE", str(root))
     return root
+
+
+@pytest_asyncio.fixture
+async def test_engine_session(isolated_cache):
+    """`await make(settings)`: a language-server Session on the "test" engine with `settings` (client form; the
+    completions' background work off), once its engine is ready; shut down after the test."""
+    from intarsia.server.lsp.host import NullUI
+    from intarsia.server.lsp.session import Session
+    from intarsia.server.lsp.settings import parse_settings
+
+    sessions = []
+
+    async def make(raw: dict):
+        settings, warnings = parse_settings({"engine": "test", "debounceMs": 0, "speculate": False, "prewarm": False,
+                                             "acceptanceLog": False, **raw})
+        assert not warnings
+        s = Session(settings=settings, root=None, ui=NullUI())
+        sessions.append(s)
+        s.start()
+        t0 = time.monotonic()
+        while s.host.state != "ready":
+            assert s.host.state != "failed" and time.monotonic() - t0 < 5
+            await asyncio.sleep(0.01)
+        return s
+
+    yield make
+    for s in sessions:
+        await s.shutdown()
 
 
 def pytest_configure(config):

@@ -110,3 +110,27 @@ def test_kernel_benchmark_times_the_served_computation(type_name):
     assert np.all(np.abs(got - want) <= mk.int8_error_bound(a, w) * 1.001 + 1e-6 * scale)
     assert np.linalg.norm(got - want) <= 0.05 * np.linalg.norm(want)
     assert mk.time_ms(mk.dense_session(w, 1), a, 2, 1) > 0
+
+
+def test_generate_function_verified_strategies_and_their_summary():
+    gf = _benchmark("generate_function")
+    assert gf.parse_strategy("chat+verify") == ("chat", True)
+    assert gf.parse_strategy("chat+adapter") == ("chat+adapter", False)
+    assert gf.parse_strategy("chat+adapter+verify") == ("chat+adapter", True)
+    R = gf.Record
+    recs = [R("HumanEval/1", "humaneval", applied=True, parses=True, seconds=2.0, strategy="chat",
+              passed={"humaneval": True, "humaneval+": True},
+              verification={"verified": True, "sampled": 0, "chosen": 0}),
+            R("Mbpp/2", "mbppplus", applied=True, parses=True, seconds=9.0, strategy="chat",
+              passed={"mbpp": True, "mbpp+": False}, verification={"verified": True, "sampled": 3, "chosen": 2}),
+            R("HumanEval/3", "humaneval", applied=True, parses=True, seconds=4.0, strategy="chat",
+              passed={"humaneval": False, "humaneval+": False},
+              verification={"verified": False, "sampled": 5, "chosen": 0}),
+            R("HumanEval/4", "humaneval", applied=True, parses=True, seconds=1.0, strategy="chat",
+              passed={"humaneval": True, "humaneval+": True})]
+    out = gf.summarize(recs)
+    assert (out["with_examples"], out["examples_pass"], out["sampled_total"], out["sample_applied"]) == (3, 2, 8, 1)
+    assert out["sampled_mean"] == 2.67 and out["examples_pass_then_hidden_pass"] == 0.5
+    assert out["pass@1 humaneval+"] == round(100 * 2 / 3, 1)
+    # Strategies without verification report none of it.
+    assert "with_examples" not in gf.summarize([recs[3]])

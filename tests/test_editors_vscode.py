@@ -81,8 +81,8 @@ def test_choices_and_bounds_match_the_server():
             assert any(key in w for w in warnings), (prop, bad, warnings)
         checked += 1
     # threads, lookupDraft, maxTokens, debounceMs, promptBudgetTokens, contextBudgetTokens, suffixBudgetTokens,
-    # maxDocumentBytes
-    assert checked == 11
+    # maxDocumentBytes, generateFunctionBudgetS, ...
+    assert checked == 12
     acs = PROPS["intarsia.acceptanceCheckSeconds"]
     lo, hi = acs["items"]["minimum"], acs["items"]["maximum"]
     assert not parse_settings({"acceptanceCheckSeconds": [lo] * acs["maxItems"]})[1]

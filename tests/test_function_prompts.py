@@ -4,9 +4,6 @@ model request, and the session path with the test engine. Fast: tree-sitter and 
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
 from intarsia.grammars.registry import get_language
@@ -17,8 +14,6 @@ from intarsia.model.test_engine import TestEngine
 from intarsia.server.core import documents as D
 from intarsia.server.core import function_prompts as fp
 from intarsia.server.core import functions as F
-from intarsia.server.lsp.host import NullUI
-from intarsia.server.lsp.session import Session
 from intarsia.server.lsp.settings import Settings, parse_settings
 
 PY = get_language("python")
@@ -230,22 +225,13 @@ def test_candidates_can_be_sampled_one_by_one():
 
 
 @pytest.mark.asyncio
-async def test_session_generates_with_the_chat_mode(tmp_path, isolated_cache):
+async def test_session_generates_with_the_chat_mode(test_engine_session):
     answer = "def area(r):\n    return 3.0 * r * r\n```"
-    raw = {"engine": "test", "debounceMs": 0, "speculate": False, "prewarm": False, "acceptanceLog": False,
-           "generateFunctionMode": "chat", "test": {"table": {'    """Area of a circle."""\n```': answer}}}
-    settings, warnings = parse_settings(raw)
-    assert not warnings
-    s = Session(settings=settings, root=None, ui=NullUI())
-    s.start()
-    t0 = time.monotonic()
-    while s.host.state != "ready":
-        assert s.host.state != "failed" and time.monotonic() - t0 < 5
-        await asyncio.sleep(0.01)
+    s = await test_engine_session({"generateFunctionMode": "chat",
+                                   "test": {"table": {'    """Area of a circle."""\n```': answer}}})
     uri = "file:///w/circle.py"
     s.did_open(uri, "python", 1, 'def area(r):\n    """Area of a circle."""\n    pass\n')
     res = await s.generate_function(uri, 0, 5)
     assert res.ok, res.reason
     assert res.strategy == "chat" and res.new_text == "\n    return 3.0 * r * r"
     assert s.host.loaded.engine.last_adapter == BASE_ADAPTER
-    await s.shutdown()

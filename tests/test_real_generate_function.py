@@ -1,5 +1,6 @@
 """generateFunction's chat strategy on the real default model: a simple HumanEval-like problem gets a body that
-parses and is not a placeholder. Deselect with `-m "not real_model"` (the model is built once and cached)."""
+parses and is not a placeholder, and verified generation applies one that passes the docstring's examples.
+Deselect with `-m "not real_model"` (the model is built once and cached)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,23 @@ def test_chat_mode_writes_a_real_body(engine):
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef))
     assert not is_placeholder_body(out.new_text.strip(), get_language("python"))
     assert any(isinstance(n, ast.Return) for n in ast.walk(fn)), edited
+
+
+def test_verified_generation_checks_the_docstring_examples(engine):
+    from intarsia.model.fim import QWEN25_CODER
+    from intarsia.server.core import documents as D
+    from intarsia.server.core.functions import generate_function
+    from intarsia.server.core.sandbox import run
+    from intarsia.server.core.verification import VerifyOptions
+
+    doc = D.Document("file:///w/squares.py", SRC, 1, "python", path="squares.py")
+    out = generate_function(doc.snapshot(SRC.index("def sum_of") + 4, invoked=True), engine=engine,
+                            fim_format=QWEN25_CODER, mode="chat", verify=VerifyOptions(budget_s=60))
+    assert out.ok, (out.reason, out.raw)
+    v = out.verification
+    assert v is not None and v.examples == 2 and v.report.judged, v
+    # A simple function: the applied body passes both examples (greedy, or a sample when greedy missed).
+    assert v.verified and v.passed == 2, (v.message, out.new_text)
+    edited = SRC[:out.start] + out.new_text + SRC[out.end:]
+    res = run(edited + "\nassert sum_of_squares([1, 2, 3]) == 14 and sum_of_squares([]) == 0\n")
+    assert res.passed, (res.detail, edited)

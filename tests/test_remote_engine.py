@@ -356,7 +356,12 @@ def test_ignore_eos_and_sampling_fields(server):
     assert body["ignore_eos"] is True and body["temperature"] == 0.7 and body["top_p"] == 0.9
     eng.generate(GenerationRequest("p", max_new_tokens=8))
     body = server.requests[-1]["body"]
-    assert "ignore_eos" not in body and "top_p" not in body and "stop" not in body
+    assert "ignore_eos" not in body and "top_p" not in body and "stop" not in body and "seed" not in body
+    # A request's seed goes with sampling (servers make the sample reproducible); greedy requests need none.
+    eng.generate(GenerationRequest("p", max_new_tokens=8, temperature=0.6, seed=11))
+    assert server.requests[-1]["body"]["seed"] == 11
+    eng.generate(GenerationRequest("p", max_new_tokens=8, seed=11))
+    assert "seed" not in server.requests[-1]["body"]
 
 
 def test_chunked_event_stream(server):

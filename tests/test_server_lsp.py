@@ -159,6 +159,7 @@ TABLE = {
     "def area(points):\r\n    \"\"\"Area of a polygon.\"\"\"\r\n    ": "return polygon_area(points)\r\n",
     "y = poly": "gon_area(pts)",
     "result = polygon_area(": "pts)",
+    '    >>> twice(4)\n    8\n    """\n    ': "return 2 * n\n",
 }
 
 
@@ -251,6 +252,31 @@ async def test_crlf_document_and_function_body(lsp):
     open_doc(lsp, uri_of(lsp, "nodoc.py"), "def f(x):\n    return x\n")
     res = await command(lsp, "intarsia.generateFunction", uri_of(lsp, "nodoc.py"), 0, 4)
     assert res["applied"] is False and "docstring" in res["reason"]
+
+
+async def test_generate_function_reports_the_docstring_examples(lsp):
+    uri = uri_of(lsp, "twice.py")
+    open_doc(lsp, uri, 'def twice(n):\n    """Twice n.\n\n    >>> twice(4)\n    8\n    """\n    pass\n')
+    lsp.messages.clear()
+    res = await command(lsp, "intarsia.generateFunction", uri, 0, 4)
+    assert res["applied"] is True, res
+    v = res["verification"]
+    assert v["verified"] is True and (v["examples"], v["passed"], v["candidates"], v["chosen"]) == (1, 1, 1, 0)
+    assert v["results"] == [{"example": "twice(4) -> 8", "line": 3, "status": "passed", "detail": ""}]
+    text = "Intarsia: body of twice: 1/1 docstring examples pass (the greedy body)"
+    assert v["message"] in text
+    t0 = time.monotonic()
+    while not lsp.messages and time.monotonic() - t0 < 5:
+        await asyncio.sleep(0.02)
+    assert [(m.type, m.message) for m in lsp.messages] == [(t.MessageType.Info, text)]
+    # No examples in the docstring: nothing to report, no message.
+    area = uri_of(lsp, "area.py")
+    open_doc(lsp, area, 'def area(points):\r\n    """Area of a polygon."""\r\n    pass\r\n')
+    lsp.messages.clear()
+    res = await command(lsp, "intarsia.generateFunction", area, 0, 6)
+    assert res["applied"] is True and res["verification"] is None
+    await asyncio.sleep(0.1)
+    assert lsp.messages == []
 
 
 async def test_incremental_sync_matches_the_client_text(lsp):

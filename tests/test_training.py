@@ -378,18 +378,6 @@ def test_bad_training_settings_are_refused():
 # ---------------------------------------------------------------------------------------------- gate, store
 
 
-def test_gate_needs_a_better_score():
-    from intarsia.training.evaluate import gate
-
-    def s(em, es):
-        return {"all": {"exact_match": em, "edit_similarity": es}}
-
-    assert gate(s(30, 50), s(20, 60))[0]
-    assert gate(s(20, 61), s(20, 60))[0]
-    assert not gate(s(20, 60), s(20, 60))[0]
-    assert not gate(s(19, 90), s(20, 60))[0]
-
-
 def _peft_dir(tiny_hf, out: Path, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -444,6 +432,8 @@ def tiny_built(tiny_hf, tmp_path_factory):
 
 def test_train_end_to_end_gate_keeps_the_served_model_and_never_touches_the_repo(repo, tiny_hf, tiny_built,
                                                                                   monkeypatch):
+    from dataclasses import replace
+
     from intarsia.model.registry import resolve_source
     from intarsia.model.trained import AdapterStore
     from intarsia.training.run import TrainOptions, train_repository
@@ -453,7 +443,7 @@ def test_train_end_to_end_gate_keeps_the_served_model_and_never_touches_the_repo
     monkeypatch.setenv("INTARSIA_CACHE", str(cache))
     before = tree_digest(repo)
     opts = TrainOptions(base=str(tiny_hf), device="cpu", held_out=0.3, eval_next_line=6, eval_fim=3,
-                        perplexity_examples=4, render=RenderOptions(budget=PromptBudget(prompt=384, context=96)),
+                        eval_line_rest=4, eval_body=2, perplexity_examples=4, render=RenderOptions(budget=PromptBudget(prompt=384, context=96)),
                         config=TrainConfig(context_length=512, batch_tokens=1024, max_steps=3), progress=False)
     report = train_repository(repo, opts)
     assert tree_digest(repo) == before  # training only reads the repository
@@ -468,12 +458,58 @@ def test_train_end_to_end_gate_keeps_the_served_model_and_never_touches_the_repo
     store = AdapterStore(repo, resolve_source(str(tiny_hf)).cache_name)
     # A random tiny model scores nothing on either side: not better, so nothing is promoted.
     assert report["decision"]["promoted"] is False and store.current() is None
-    # A promoted adapter stays served when the next run does not beat it.
+    assert report["gate"]["overall"]["samples"] == report["samples"] and not report["gate"]["promote"]
+    assert set(report["samples_by_kind"]) <= {"next-line", "line-rest", "block", "body"}
+    assert report["plan"]["steps"] == 3 and report["plan"]["limit"] == "max_steps" and report["time_budget_s"] == 1200
+    assert report["started_from"] is None and manifest["trained_files"]
+    # A promoted adapter stays served when the next run does not beat it; the next run continues it, and the
+    # served adapter's completions come from the cache (they were the candidate's in the first run).
     store.promote(report["version"])
     again = train_repository(repo, opts)
-    assert again["reference"] == "current" and set(again["scores"]) == {"base", "current", "adapted"}
+    assert again["reference"] == "current" and set(again["scores"]) == {"current", "adapted"}
+    assert again["started_from"]["kind"] == "promoted" and again["started_from"]["adapter"] == report["version"]
+    assert again["data"]["changed_files_first"] == 0  # nothing changed since the promoted adapter trained
+    assert again["cached_rows"] >= again["samples"]
+    assert again["scores"]["current"] == report["scores"]["adapted"]
     assert not again["decision"]["promoted"] and store.current().name == report["version"]
     assert not any(store.path.joinpath("runs").glob("*/checkpoints"))  # finished runs leave no checkpoints
+    # --no-continue starts where the first run started
+    fresh = train_repository(repo, replace(opts, continue_promoted=False, eval_base=True))
+    assert fresh["started_from"] is None and set(fresh["scores"]) == {"base", "current", "adapted"}
+
+
+def test_a_run_stopped_at_its_time_budget_is_evaluated_and_the_same_command_resumes_it(repo, tiny_hf, tiny_built,
+                                                                                        monkeypatch):
+    from intarsia.model.registry import resolve_source
+    from intarsia.model.trained import AdapterStore
+    from intarsia.training.run import TrainOptions, train_repository
+    from intarsia.training.trainer import TrainConfig
+
+    from dataclasses import replace
+
+    from intarsia.training import budget
+
+    cache, _ = tiny_built
+    monkeypatch.setenv("INTARSIA_CACHE", str(cache))
+    # A plan the machine cannot keep (its speed dropped after the first step): the deadline stops training.
+    plan_steps = budget.plan_steps
+    monkeypatch.setattr(budget, "plan_steps", lambda **kw: replace(plan_steps(**kw), steps=50))
+    opts = TrainOptions(base=str(tiny_hf), device="cpu", held_out=0.3, eval_next_line=4, eval_line_rest=2,
+                        eval_block=2, eval_body=1, perplexity_examples=0, time_budget="1s",
+                        render=RenderOptions(budget=PromptBudget(prompt=384, context=0)),
+                        config=TrainConfig(context_length=256, batch_tokens=256, save_every=1000), progress=False)
+    report = train_repository(repo, opts)
+    tr = report["training"]
+    assert tr["stopped"] == "time budget" and tr["steps"] == 1 and tr["planned_steps"] == 50
+    assert report["plan"]["measured"] and report["time_budget_s"] == 1
+    assert "adapted" in report["scores"] and report["gate"]["overall"]["samples"] == report["samples"] > 0
+    assert "stopped early: time budget" in Path(report["version_dir"], "report.md").read_text()
+    store = AdapterStore(repo, resolve_source(str(tiny_hf)).cache_name)
+    kept = list(store.path.joinpath("runs").glob("*/checkpoints/step-1"))
+    assert len(kept) == 1  # the checkpoint stays
+    again = train_repository(repo, opts)
+    assert again["training"]["resumed_from"] == 1 and again["training"]["steps"] == 2
+    assert again["training"]["planned_steps"] == tr["planned_steps"]  # the plan of the run it resumes
 
 
 def test_server_swaps_to_a_promoted_adapter_between_requests(repo, tiny_hf, tiny_built, monkeypatch):
@@ -530,6 +566,33 @@ def test_cli_dry_run_and_errors(repo, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["model", "rollback", str(repo)]) == 1
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+def test_cli_train_options(repo, capsys):
+    from intarsia.server.cli import _train_options, main, make_parser
+
+    def opts(*extra):
+        return _train_options(make_parser().parse_args(["train", str(repo), *extra]))
+
+    o = opts()
+    assert o.time_budget == "auto" and o.continue_promoted and o.min_steps == 16 and not o.eval_base
+    assert o.sample_counts.by_kind() == {"next-line": 80, "line-rest": 60, "block": 40, "body": 20}
+    assert o.eval_min_samples == 100
+    o = opts("--time-budget", "1h30m", "--eval-line-rest", "7", "--eval-fim", "9", "--eval-body", "0",
+             "--no-continue", "--eval-base", "--min-steps", "0", "--eval-min-samples", "50")
+    assert o.time_budget == "1h30m" and (o.eval_line_rest, o.eval_block, o.eval_body) == (7, 9, 0)
+    assert not o.continue_promoted and o.eval_base and o.min_steps == 0 and o.eval_min_samples == 50
+    assert opts("--eval-block", "5").eval_block == 5 and opts("--time-budget", "none").time_budget == "none"
+    for bad, msg in ((["--time-budget", "20x"], "cannot read the time budget '20x'"),
+                     (["--time-budget", "0"], "time budget must be positive"),
+                     (["--eval-body", "-1"], "number of body samples"),
+                     (["--min-steps", "-2"], "min_steps")):
+        assert main(["-q", "train", str(repo), "--dry-run", *bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("intarsia: error: ") and msg in err and "\n" not in err, err
+    assert main(["-q", "train", str(repo), "--dry-run", "--held-out", "0.3", "--eval-next-line", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out samples: " in out and '"next-line": 3' in out
 
 
 @pytest.mark.asyncio

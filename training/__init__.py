@@ -5,7 +5,10 @@
 - `examples`: tree-sitter spans, random spans, docstring → body and accepted suggestions, rendered as the server
   renders prompts (same FIM format, budget split and repository context); train/held-out split by file.
 - `trainer`: LoRA with peft on packed sequences, resumable checkpoints, CPU / CUDA / `accelerate launch`.
-- `evaluate`: base vs adapted on held-out files through the serving pipeline; the promotion gate; reports.
+- `evaluate`: held-out samples of the kinds users complete, completed through the serving pipeline (cached
+  prompts and results, short generations); reports.
+- `gate`: the promotion decision, a paired seeded bootstrap of candidate vs served model per sample.
+- `budget`: the time budget: what to train and evaluate in the time given, and when to stop.
 - `run`: the whole command; trained adapters are versioned by `intarsia.model.trained.AdapterStore` and served
   at run time by the language server (never merged).
 """

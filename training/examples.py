@@ -14,7 +14,8 @@ An `Example` is a document cut in three: the text before the gap, the gap (`midd
 - `accepted`: a suggestion the server's acceptance log says was accepted and is still in the file.
 
 `render_example` turns an example into the prompt the server would send for it: the same FIM format, the same prompt
-budget (`core.prompt.build_prompt` within the served `PromptBudget`) and the same repository context
+budget (`core.prompt.build_prompt` within the served `PromptBudget`; `budget_for`: a docstring example gets the
+long suffix generateFunction's body prompt keeps) and the same repository context
 (`ContextProvider` over the other training files). Training text is prompt + middle + the format's end token, so the
 model learns to stop.
 
@@ -37,7 +38,7 @@ from intarsia.model.fim import FimFormat, RepoFile
 from intarsia.server.core.context import ContextProvider, RepoIndex
 from intarsia.server.core.documents import Snapshot
 from intarsia.server.core.functions import find_function_target
-from intarsia.server.core.prompt import PromptBudget, build_prompt
+from intarsia.server.core.prompt import SUFFIX_MAX_TOKENS, PromptBudget, build_prompt
 
 from .crawl import SourceFile
 
@@ -147,7 +148,8 @@ def _node_spans(doc: ParsedFile, kind: str) -> list[tuple[int, int, str]]:
     else:
         return []
     out = []
-    for n in nodes:
+    # file order: a query's captures do not come in a fixed order, and the seeded draws pick from this list
+    for n in sorted(nodes, key=lambda n: (n.start_byte, n.end_byte)):
         if n.has_error or n.end_byte - n.start_byte < 2:
             continue
         s, e = doc.span(n)
@@ -187,7 +189,7 @@ def docstring_examples(doc: ParsedFile) -> list[Example]:
     function before running the command), the command's target is found in that text, and the example is what the
     command's prompt holds around it (its lead and trail included), with the real body as the middle."""
     out = []
-    for fn in doc.captures("functions", "function"):
+    for fn in sorted(doc.captures("functions", "function"), key=lambda n: (n.start_byte, n.end_byte)):
         body = fn.child_by_field_name("body")
         if body is None or fn.has_error:
             continue
@@ -342,6 +344,14 @@ class RenderOptions:
 
 
 RENDER_MODES = ("bare", "path", "context")
+BODY_KINDS = frozenset({"docstring", "body"})  # training's docstring → body examples, evaluation's body samples
+
+
+def budget_for(kind: str, budget: PromptBudget) -> PromptBudget:
+    """The budget a gap of this kind is served with: `budget` (the served inline budget), except that a body after
+    its docstring is what `intarsia.generateFunction` asks for, and its prompt keeps the long suffix on every
+    device (`server.core.functions`: the body's prompt is computed once, not on every keystroke)."""
+    return replace(budget, suffix=SUFFIX_MAX_TOKENS) if kind in BODY_KINDS else budget
 
 
 def render_mode(options: RenderOptions, ex: Example, seed: int = 0) -> str:
@@ -386,6 +396,6 @@ def render_example(ex: Example, fmt: FimFormat, count: Callable[[str], int], bud
                         repo_name=repo_name).prompt
 
 
-__all__ = ["Example", "KINDS", "KIND_WEIGHTS", "RENDER_MODES", "RenderOptions", "accepted_examples", "at_end_of_file",
-           "docstring_examples", "file_examples", "make_context", "render_example",
+__all__ = ["BODY_KINDS", "Example", "KINDS", "KIND_WEIGHTS", "RENDER_MODES", "RenderOptions", "accepted_examples",
+           "at_end_of_file", "budget_for", "docstring_examples", "file_examples", "make_context", "render_example",
            "render_mode", "split_files"]

@@ -11,6 +11,14 @@ process writes checkpoints and the result.
 
 Checkpoints (`run_dir/checkpoints/step-N/`: the LoRA weights, optimizer, scheduler, RNG and position) are written
 into a temporary folder and renamed; a run with the same data and settings resumes from the newest one.
+
+Time budgets (`training.budget`): with `plan`, the number of steps is not fixed in advance. The first optimizer step
+measures the throughput (packed tokens/s, the first micro-batch left out when the step has several: it carries the
+warm-up) and `plan` turns it into the number of steps; the learning-rate schedule (linear warm-up, cosine decay, as
+transformers' `get_cosine_schedule_with_warmup`) reads that number, and the first step's rate is zero under either
+total, so planning after it changes nothing already applied. A checkpoint records the planned total, so a resumed
+run keeps its plan. With `deadline`, the loop stops before a step that the previous step's duration says would end
+past it: the checkpoint of the last step is written and the adapter saved, and the result says why it stopped.
 """
 
 from __future__ import annotations
@@ -93,6 +101,9 @@ class TrainResult:
     device: str = "cpu"
     processes: int = 1
     peak_rss_mb: Optional[float] = None
+    planned_steps: Optional[int] = None
+    measured_tokens_per_s: Optional[float] = None  # the first step's throughput (all processes)
+    stopped: Optional[str] = None  # why training ended before `planned_steps` ("time budget")
 
     def record(self) -> dict:
         d = asdict(self)
@@ -100,6 +111,26 @@ class TrainResult:
         d["tokens_per_s"] = round(self.tokens / self.seconds, 1) if self.seconds else None
         d["losses"] = [round(x, 4) for x in self.losses]
         return d
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the first optimizer step measured, and the packed sequences the steps go through, for `plan`."""
+
+    tokens_per_s: float
+    seconds: float
+    bin_tokens: tuple[int, ...]  # tokens of each packed sequence, in the first epoch's training order
+    bin_examples: tuple[int, ...]  # examples in each
+    sequences_per_step: int
+
+
+def cosine_with_warmup(step: int, total: int, warmup_ratio: float) -> float:
+    """The learning-rate factor at `step` of `total` (transformers' cosine schedule with linear warm-up)."""
+    warm = max(1, int(total * warmup_ratio))
+    if step < warm:
+        return step / warm
+    progress = (step - warm) / max(1, total - warm)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
 def tokenize(tokenizer, prompt: str, middle: str, eos_id: int) -> Tokenized:
@@ -126,6 +157,27 @@ def pack(examples: Sequence[Tokenized], context_length: int) -> list[list[int]]:
             bins.append([i])
             room.append(context_length - n)
     return bins
+
+
+def sequences_per_step(config: TrainConfig, world: int = 1) -> int:
+    """Packed sequences one optimizer step goes through (`batch_tokens` / `context_length`, a multiple of the
+    process count)."""
+    n = max(1, round(config.batch_tokens / config.context_length))
+    return max(world, n - n % world)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return order
+
+
+def first_epoch(examples: Sequence[Tokenized], config: TrainConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(tokens, examples) of each packed sequence in the order `train_lora` goes through them first (one process):
+    what a plan made before training counts with."""
+    bins = pack(examples, config.context_length)
+    order = _epoch_order(len(bins), config.seed, 0)
+    return (tuple(sum(len(examples[i].ids) for i in bins[b]) for b in order), tuple(len(bins[b]) for b in order))
 
 
 def _sequence(examples: Sequence[Tokenized], bin_: list[int]):
@@ -187,15 +239,19 @@ def train_lora(
     stop_after: Optional[int] = None,
     on_step: Optional[Callable[[int, float], None]] = None,
     init_adapter: Optional[Path] = None,
+    plan: Optional[Callable[[Calibration], int]] = None,
+    deadline: Optional[float] = None,
 ) -> TrainResult:
     """Train a LoRA adapter on top of the Hugging Face model in `hf_dir`; the peft folder ends in
     `run_dir/adapter`. `stop_after` ends the run early after that many optimizer steps of this call (the run
     stays resumable: used to test interruption). `init_adapter`: a peft folder of the same rank, alpha and
-    target modules whose weights the new adapter starts from (it continues that adapter)."""
+    target modules whose weights the new adapter starts from (it continues that adapter). `plan`: called once,
+    after the first step, with what it measured; returns the number of steps (see the module docstring).
+    `deadline` (a `time.monotonic()` value): stop before a step that would end past it."""
     import torch
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-    from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+    from transformers import AutoModelForCausalLM
 
     config.validate()
     device = resolve_device(device)
@@ -205,9 +261,7 @@ def train_lora(
     bins = pack(examples, config.context_length)
     if not bins:
         raise TrainError("no training example fits the context length")
-    total_tokens = sum(len(examples[i].ids) for b in bins for i in b)
-    seq_per_step = max(1, round(config.batch_tokens / config.context_length))
-    seq_per_step = max(world, seq_per_step - seq_per_step % world)
+    seq_per_step = sequences_per_step(config, world)
     steps_per_epoch = max(1, math.ceil(len(bins) / seq_per_step))
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
     accum = seq_per_step // world
@@ -234,14 +288,18 @@ def train_lora(
             raise TrainError(f"{init_adapter} lacks {len(missing)} LoRA weight(s) of this model, e.g. {missing[0]}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(total_steps * config.warmup_ratio)),
-                                                total_steps)
+    # The schedule reads the planned total when it is asked, so that a plan made after the first step applies.
+    schedule = {"total": total_steps}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_with_warmup(s, schedule["total"], config.warmup_ratio))
 
     step, tokens_done, losses, resumed = 0, 0, [], None
+    planned = False
     ck = _latest_checkpoint(run_dir)
     if ck is not None:
         state = json.loads((ck / "state.json").read_text())
-        if state.get("total_steps") == total_steps and state.get("bins") == len(bins):
+        same_plan = state.get("total_steps") == total_steps or (plan is not None and state.get("planned"))
+        if same_plan and state.get("bins") == len(bins):
             from safetensors.torch import load_file
 
             set_peft_model_state_dict(model, load_file(str(ck / "adapter.safetensors")))
@@ -250,6 +308,8 @@ def train_lora(
             scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=True))
             torch.set_rng_state(torch.load(ck / "rng.pt", weights_only=True))
             step, tokens_done, losses = state["step"], state["tokens"], state["losses"]
+            total_steps = schedule["total"] = int(state["total_steps"])
+            planned = bool(state.get("planned"))
             resumed = step
             log.info("resuming from %s (step %d of %d)", ck, step, total_steps)
         else:
@@ -260,14 +320,15 @@ def train_lora(
     order = list(range(len(bins)))
     epoch_orders: dict[int, list[int]] = {}
 
+    def epoch_order(epoch: int) -> list[int]:
+        if epoch not in epoch_orders:
+            epoch_orders.clear()
+            epoch_orders[epoch] = _epoch_order(len(order), config.seed, epoch)
+        return epoch_orders[epoch]
+
     def seq_at(k: int) -> list[int]:
         epoch, pos = divmod(k, len(order))
-        if epoch not in epoch_orders:
-            o = list(order)
-            random.Random(config.seed * 1000 + epoch).shuffle(o)
-            epoch_orders.clear()
-            epoch_orders[epoch] = o
-        return bins[epoch_orders[epoch][pos]]
+        return bins[epoch_order(epoch)[pos]]
 
     bar = None
     if progress and accelerator.is_main_process:
@@ -277,9 +338,20 @@ def train_lora(
     t0 = time.perf_counter()
     tokens_this_call = 0
     steps_this_call = 0
+    measured = None
+    stopped = None
+    last_step_s = 0.0
     while step < total_steps:
+        if deadline is not None and steps_this_call > 0 and \
+                _agree(accelerator, time.monotonic() + last_step_s > deadline):
+            stopped = "time budget"
+            break
+        t_step = time.perf_counter()
+        t_rest, rest_tokens = None, 0  # the step without its first micro-batch (warm-up), for the measurement
         step_loss, step_tokens = 0.0, 0
         for j in range(accum):
+            if j == 1:
+                t_rest = time.perf_counter()
             k = step * seq_per_step + j * world + rank
             ids, labels, pos = _sequence(examples, seq_at(k))
             ids, labels, pos = (x.to(accelerator.device) for x in (ids, labels, pos))
@@ -289,6 +361,8 @@ def train_lora(
             accelerator.backward(loss)
             step_loss += float(loss.detach())
             step_tokens += ids.shape[1]
+            if j >= 1:
+                rest_tokens += ids.shape[1]
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
@@ -299,17 +373,36 @@ def train_lora(
         tokens_done += step_tokens * world
         tokens_this_call += step_tokens * world
         losses.append(step_loss)
+        now = time.perf_counter()
+        last_step_s = now - t_step
+        if steps_this_call == 1:
+            if t_rest is not None and rest_tokens and now > t_rest:
+                measured = rest_tokens * world / (now - t_rest)
+            else:
+                measured = step_tokens * world / max(last_step_s, 1e-9)
+            if plan is not None and not planned:
+                first = epoch_order(0)
+                cal = Calibration(measured, last_step_s, tuple(sum(len(examples[i].ids) for i in bins[b])
+                                                               for b in first),
+                                  tuple(len(bins[b]) for b in first), seq_per_step)
+                total_steps = max(step, int(_agree(accelerator, plan(cal) if accelerator.is_main_process else 0)))
+                schedule["total"] = total_steps
+                planned = True
+                if bar is not None:
+                    bar.total = total_steps
+                    bar.refresh()
         if on_step is not None:
             on_step(step, step_loss)
         if bar is not None:
             el = time.perf_counter() - t0
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_this_call / el:.0f}" if el else "-")
             bar.update(1)
-        last = step == total_steps or (stop_after is not None and steps_this_call >= stop_after)
+        last = step == total_steps or (stop_after is not None and steps_this_call >= stop_after) or \
+            (deadline is not None and time.monotonic() + last_step_s > deadline)
         if accelerator.is_main_process and (step % config.save_every == 0 or last):
             _save_checkpoint(accelerator.unwrap_model(model), optimizer, scheduler, run_dir, step,
                              {"step": step, "tokens": tokens_done, "losses": losses, "total_steps": total_steps,
-                              "bins": len(bins)}, get_peft_model_state_dict)
+                              "bins": len(bins), "planned": planned}, get_peft_model_state_dict)
         accelerator.wait_for_everyone()
         if stop_after is not None and steps_this_call >= stop_after and step < total_steps:
             if bar is not None:
@@ -317,7 +410,14 @@ def train_lora(
             raise KeyboardInterrupt(f"stopped after {steps_this_call} step(s) (stop_after)")
     if bar is not None:
         bar.close()
+    latest = _latest_checkpoint(run_dir) if stopped and accelerator.is_main_process else None
+    if stopped and accelerator.is_main_process and (latest is None or latest.name != f"step-{step}"):
+        _save_checkpoint(accelerator.unwrap_model(model), optimizer, scheduler, run_dir, step,
+                         {"step": step, "tokens": tokens_done, "losses": losses, "total_steps": total_steps,
+                          "bins": len(bins), "planned": planned}, get_peft_model_state_dict)
     seconds = time.perf_counter() - t0
+    if stopped:
+        log.info("stopped at step %d of %d: %s", step, total_steps, stopped)
     adapter_dir = run_dir / "adapter"
     if accelerator.is_main_process:
         tmp = run_dir / ".adapter.part"
@@ -331,7 +431,20 @@ def train_lora(
     return TrainResult(adapter_dir, step, tokens_this_call, seconds, losses,
                        first_loss=sum(head) / len(head) if head else None,
                        last_loss=sum(tail) / len(tail) if tail else None,
-                       resumed_from=resumed, device=device, processes=world, peak_rss_mb=_rss_mb())
+                       resumed_from=resumed, device=device, processes=world, peak_rss_mb=_rss_mb(),
+                       planned_steps=total_steps, measured_tokens_per_s=round(measured, 2) if measured else None,
+                       stopped=stopped)
+
+
+def _agree(accelerator, value):
+    """The main process's `value` on every process (one process: `value`), so that all take the same decision."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
 
 
 def check_init_adapter(folder: Path, config: TrainConfig) -> None:
@@ -420,5 +533,6 @@ def perplexity(model, examples: Sequence[Tokenized], *, device: str = "cpu", lim
     return math.exp(total / n) if n else None
 
 
-__all__ = ["TrainConfig", "TrainError", "TrainResult", "Tokenized", "check_init_adapter", "pack", "packed_loss",
-           "perplexity", "resolve_device", "tokenize", "train_lora"]
+__all__ = ["Calibration", "TrainConfig", "TrainError", "TrainResult", "Tokenized", "check_init_adapter",
+           "cosine_with_warmup", "first_epoch", "pack", "packed_loss", "perplexity", "resolve_device",
+           "sequences_per_step", "tokenize", "train_lora"]

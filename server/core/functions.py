@@ -10,6 +10,14 @@ the repository context once; `generate_candidate` produces one body with one str
 several candidates can be sampled and judged later); `generate_function` tries the strategies the setting
 `generateFunctionMode` names, in order, and returns the first body that passes the same syntax filter as every
 suggestion and is not a placeholder.
+
+Verified generation (Python, setting `generateFunctionVerify`): when the docstring gives examples (`doc_examples`),
+that greedy body is run against them in the sandbox (`verification`); if it fails them, further bodies are
+sampled with the same strategy at a temperature (`VerifyOptions`: seeded, so the same file gives the same
+candidates) while the time budget (`generateFunctionBudgetS`) and the candidate limit allow, and the first that
+passes every example is applied, else the greedy one. Sampling never starts a candidate that the last one's
+duration says would end past the budget. The outcome says which examples the applied body passes. The examples
+are the user's own; nothing else (no hidden test) is ever run.
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from intarsia.model.engine import BASE_ADAPTER, FINISH_CANCELLED, FINISH_LENGTH,
 from intarsia.model.errors import IntarsiaError
 from intarsia.model.fim import FimFormat, RepoFile
 
+from . import doc_examples
 from . import function_prompts as fp
 from .completion import ContextSource, PipelineOptions, StageTimings
 from .documents import Snapshot
 from .prompt import SUFFIX_MAX_TOKENS, build_prompt
+from .verification import CheckReport, Verification, VerifyOptions, check_body
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,7 @@ class FunctionOutcome:
     engine_called: bool = False
     strategy: str = ""  # the strategy whose body this is
     attempts: tuple[str, ...] = ()  # "strategy: outcome" of every strategy tried, in order
+    verification: Optional[Verification] = None  # the docstring examples' verdict (Python, examples found)
 
 
 _PY_PLACEHOLDERS = re.compile(r"^(pass|\.\.\.|raise\s+NotImplementedError\b.*|#.*)$", re.S)
@@ -253,9 +264,10 @@ def _chat_prompt(req: FunctionRequest, engine: Engine, options: PipelineOptions)
 
 def generate_candidate(req: FunctionRequest, strategy: str, *, engine: Engine, fim_format: FimFormat,
                        options: PipelineOptions = PipelineOptions(), temperature: float = 0.0, top_p: float = 1.0,
-                       cancel: Optional[threading.Event] = None) -> Candidate:
-    """One body for `req` with `strategy` (function_prompts.STRATEGIES); greedy unless `temperature` > 0. Never
-    raises for engine failures: they are a failed candidate whose reason says what failed."""
+                       seed: Optional[int] = None, cancel: Optional[threading.Event] = None) -> Candidate:
+    """One body for `req` with `strategy` (function_prompts.STRATEGIES); greedy unless `temperature` > 0 (`seed`:
+    reproducible sampling). Never raises for engine failures: they are a failed candidate whose reason says what
+    failed."""
     snap, target = req.snapshot, req.target
     t0 = time.perf_counter()
     chat = fp.uses_chat(strategy)
@@ -278,7 +290,7 @@ def generate_candidate(req: FunctionRequest, strategy: str, *, engine: Engine, f
         return Candidate(strategy, False, str(e))
     t_prompt = time.perf_counter()
     request = GenerationRequest(prompt=prompt, max_new_tokens=max_new, stop=stops, adapter=adapter,
-                                temperature=temperature, top_p=top_p)
+                                temperature=temperature, top_p=top_p, seed=seed)
     try:
         res = engine.generate(request, cancel=cancel)
     except IntarsiaError as e:
@@ -315,6 +327,88 @@ def generate_candidate(req: FunctionRequest, strategy: str, *, engine: Engine, f
     return Candidate(strategy, True, post.reason, body, **common)
 
 
+def target_examples(snapshot: Snapshot, target: FunctionTarget) -> tuple[doc_examples.Example, ...]:
+    """The examples of the target's docstring (doc_examples), none for other languages than Python."""
+    if snapshot.language is None or snapshot.language.syntax.family != "python":
+        return ()
+    text = snapshot.text
+    line_start = text.rfind("\n", 0, target.fn_start) + 1
+    name, found = doc_examples.function_examples(text[line_start:target.start], method=target.class_name is not None)
+    return found if name == target.name else ()
+
+
+@dataclass(frozen=True)
+class _Verified:
+    candidate: Candidate
+    verification: Verification
+    attempts: tuple[str, ...]
+    cancelled: bool = False
+
+
+def _verify(req: FunctionRequest, greedy: Candidate, strategy: str, examples: tuple[doc_examples.Example, ...], *,
+            engine: Engine, fim_format: FimFormat, options: PipelineOptions, verify: VerifyOptions,
+            cancel: Optional[threading.Event]) -> _Verified:
+    """The greedy body judged by the examples and, when it fails them, further samples until one passes, the
+    budget or the candidate limit is spent; the first that passes, else the greedy one."""
+    snap, target = req.snapshot, req.target
+    assert snap.language is not None
+    t0 = time.perf_counter()
+    counted = len(doc_examples.checks(examples))
+
+    def judge(cand: Candidate) -> CheckReport:
+        edited = req.doc[:req.at] + cand.body + req.doc[req.at:]
+        return check_body(edited, snap.language, name=target.name, method=target.class_name is not None,
+                          examples=examples, options=verify)
+
+    def outcome(cand: Candidate, report: CheckReport, judged: int, chosen: int, sampled: int, note: str,
+                attempts: list[str], cancelled: bool = False) -> _Verified:
+        return _Verified(cand, Verification(counted, report.passed, judged, chosen, report,
+                                            time.perf_counter() - t0, note, sampled), tuple(attempts), cancelled)
+
+    first = judge(greedy)
+    attempts: list[str] = []
+    log.info("generateFunction %s: greedy body passes %d/%d docstring examples%s", target.name, first.passed,
+             first.total, f" ({first.error})" if first.error else "")
+    if first.all_passed:
+        return outcome(greedy, first, 1, 0, 0, "", attempts)
+    if not first.judged:
+        return outcome(greedy, first, 1, 0, 0, "the examples could not be run here", attempts)
+    seen = {greedy.body}
+    judged, sampled = 1, 0
+    deadline = t0 + verify.budget_s
+    last_s = greedy.timings.total_ms / 1000
+    note = ""
+    while judged < verify.max_candidates and sampled < 2 * verify.max_candidates:
+        if time.perf_counter() + last_s > deadline:
+            note = "time budget spent" if verify.budget_s > 0 else "no time budget for more bodies"
+            break
+        sampled += 1
+        s0 = time.perf_counter()
+        cand = generate_candidate(req, strategy, engine=engine, fim_format=fim_format, options=options,
+                                  temperature=verify.temperature, top_p=verify.top_p, seed=verify.seed + sampled,
+                                  cancel=cancel)
+        last_s = time.perf_counter() - s0  # (what the next sample will take, about: the prompt is cached now)
+        if cand.cancelled:
+            return outcome(greedy, first, judged, 0, sampled, "cancelled", attempts, cancelled=True)
+        if not cand.ok:  # (a placeholder or an invalid body is never judged, never applied)
+            attempts.append(f"{strategy} sample {sampled}: {cand.reason}")
+            continue
+        if cand.body in seen:
+            attempts.append(f"{strategy} sample {sampled}: the same body again")
+            continue
+        seen.add(cand.body)
+        judged += 1
+        report = judge(cand)
+        attempts.append(f"{strategy} sample {sampled}: {report.passed}/{report.total} examples pass")
+        log.info("generateFunction %s: sample %d (t=%.2f) passes %d/%d examples, %.1f s", target.name, sampled,
+                 verify.temperature, report.passed, report.total, time.perf_counter() - s0)
+        if report.all_passed:
+            return outcome(cand, report, judged, judged - 1, sampled, "", attempts)
+    else:
+        note = "candidate limit reached"
+    return outcome(greedy, first, judged, 0, sampled, note, attempts)
+
+
 def generate_function(
     snapshot: Snapshot,
     *,
@@ -325,10 +419,12 @@ def generate_function(
     context: Optional[ContextSource] = None,
     mode: str = fp.AUTO,
     model: Optional[str] = None,
+    verify: VerifyOptions = VerifyOptions(),
 ) -> FunctionOutcome:
     """The body of the function at the cursor: the strategies `mode` names for `model` (function_prompts.
     strategies_for) are tried in order, and the first syntax-checked, non-placeholder body is returned (as the
-    replacement of text[start:end])."""
+    replacement of text[start:end]). With `verify` on (Python, the docstring gives examples) that body is judged
+    by the examples and more are sampled when it fails them (see the module docstring)."""
     req = prepare_function(snapshot, engine=engine, options=options, context=context)
     if isinstance(req, str):
         return FunctionOutcome(False, req)
@@ -350,14 +446,26 @@ def generate_function(
         if cand.cancelled:
             return FunctionOutcome(False, "cancelled", name=target.name, raw=cand.raw, engine_called=called,
                                    strategy=strategy, attempts=tuple(attempts))
-        if cand.ok:
-            return FunctionOutcome(True, cand.reason, target.start, target.end,
-                                   target.lead + cand.body + target.trail, target.name, cand.timings, cand.raw,
-                                   engine_called=called, strategy=strategy, attempts=tuple(attempts))
+        if not cand.ok:
+            continue
+        verification = None
+        examples = target_examples(snapshot, target) if verify.enabled and family == "python" else ()
+        if doc_examples.checks(examples):
+            v = _verify(req, cand, strategy, examples, engine=engine, fim_format=fim_format, options=options,
+                        verify=verify, cancel=cancel)
+            attempts.extend(v.attempts)
+            if v.cancelled:
+                return FunctionOutcome(False, "cancelled", name=target.name, raw=cand.raw, engine_called=called,
+                                       strategy=strategy, attempts=tuple(attempts))
+            cand, verification = v.candidate, v.verification
+            log.info("generateFunction %s: %s", target.name, verification.message)
+        return FunctionOutcome(True, cand.reason, target.start, target.end, target.lead + cand.body + target.trail,
+                               target.name, cand.timings, cand.raw, engine_called=called, strategy=strategy,
+                               attempts=tuple(attempts), verification=verification)
     return FunctionOutcome(False, f"no body for {target.name}: " + "; ".join(attempts), name=target.name,
                            timings=last.timings if last else StageTimings(), raw=last.raw if last else "",
                            engine_called=called, attempts=tuple(attempts))
 
 
 __all__ = ["FunctionTarget", "FunctionOutcome", "FunctionRequest", "Candidate", "find_function_target",
-           "prepare_function", "generate_candidate", "generate_function"]
+           "prepare_function", "generate_candidate", "target_examples", "generate_function"]

@@ -84,15 +84,26 @@ def function_edit(res: FunctionEdit, *, document_changes: bool) -> types.Workspa
 
 
 def function_result(res: FunctionEdit) -> dict:
-    """The command's result: whether the body was applied, why not, and the edit itself."""
+    """The command's result: whether the body was applied, why not, the edit itself, and the docstring examples'
+    verdict (`verification`: null when none were checked)."""
     if not res.ok:
         return {"applied": False, "reason": res.reason, "function": res.name or None,
                 "attempts": list(res.attempts)}
     return {"applied": False, "reason": res.reason, "function": res.name, "strategy": res.strategy,
             "attempts": list(res.attempts),
+            "verification": res.verification.to_json() if res.verification is not None else None,
             "edit": {"range": {"start": {"line": res.start[0], "character": res.start[1]},
                                "end": {"line": res.end[0], "character": res.end[1]}},
                      "newText": res.new_text, "version": res.version}}
+
+
+def function_message(res: FunctionEdit) -> Optional[tuple[str, str]]:
+    """(level, text) of the window/showMessage that tells which docstring examples the applied body passes; None
+    when no example was checked."""
+    v = res.verification
+    if v is None:
+        return None
+    return ("info" if v.verified else "warning"), f"Intarsia: body of {res.name}: {v.message}"
 
 
 def accept_args(args: tuple, *, partial: bool) -> tuple[str, Optional[int]]:
@@ -159,4 +170,4 @@ def status_uri(args: tuple) -> Optional[str]:
 
 __all__ = ["CMD_GENERATE_FUNCTION", "CMD_ACCEPT", "CMD_ACCEPT_PARTIAL", "CMD_STATUS", "CMD_RELOAD", "lsp_range",
            "content_changes", "accept_command", "inline_list", "completion_list", "function_edit", "function_result",
-           "accept_args", "location_args", "status_uri", "DID_MOVE_CURSOR", "cursor_params"]
+           "function_message", "accept_args", "location_args", "status_uri", "DID_MOVE_CURSOR", "cursor_params"]

@@ -197,6 +197,9 @@ def make_server() -> IntarsiaServer:
         result["applied"] = bool(applied and applied.applied)
         if applied is not None and not applied.applied:
             result["reason"] = f"the client did not apply the edit: {applied.failure_reason or 'no reason given'}"
+        message = convert.function_message(res)
+        if result["applied"] and message is not None:
+            ls.ui.show_message(*message)
         return result
 
     return ls

@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -41,6 +41,7 @@ from intarsia.server.core.completion import CompletionOutcome, PipelineOptions, 
 from intarsia.server.core.context import ContextProvider, RepoIndex
 from intarsia.server.core.documents import ENCODINGS, Document, DocumentStore, NeighborDoc, PositionError, Snapshot
 from intarsia.server.core.functions import FunctionOutcome, generate_function
+from intarsia.server.core.verification import Verification
 
 from .cache import TypedAheadCache
 from .executor import Job, ModelWorker, settled
@@ -113,6 +114,7 @@ class FunctionEdit:
     name: str = ""
     strategy: str = ""  # how the body was asked for (core.function_prompts.STRATEGIES)
     attempts: tuple[str, ...] = ()  # "strategy: outcome" of each strategy tried
+    verification: Optional[Verification] = None  # the docstring examples' verdict (core.verification)
 
 
 @dataclass(eq=False)
@@ -317,9 +319,27 @@ class Session:
             return
         if self._asked.get(uri) == (version, offset):
             return
-        self.prewarm.schedule(uri, offset, version, CURSOR_DELAY_S)
-        if self.settings.speculate and self.settings.prewarm:
-            self._speculate_enter(uri, offset)
+        self._left_behind(uri, doc.text, offset)
+        if not (self.settings.speculate and self.settings.prewarm and self._speculate_enter(uri, offset)):
+            # (after the speculation, a pre-fill here would run just when the user starts typing, and hold the
+            # model thread and, through the GIL, the event loop for a chunk: the speculation warms this prefix)
+            self.prewarm.schedule(uri, offset, version, CURSOR_DELAY_S)
+
+    def _left_behind(self, uri: str, text: str, offset: int) -> None:
+        """The cursor moved to `offset` of `uri`: generations nobody waits for (orphaned by a cancelled request) and
+        speculations that the document at this cursor cannot use any more are stopped, so that the model thread
+        is free for the new place at once (on a CPU such a generation is seconds)."""
+        for u, flight in list(self._inflight.items()):
+            if flight.orphaned and not flight.fut.done() and not (
+                    u == uri and _typed_ahead(flight.text, flight.offset, text, offset)):
+                flight.job.cancel.set()
+                if flight.job.future is not None:
+                    flight.job.future.cancel()
+        for u, spec in list(self._speculation.items()):
+            # (kept: the speculation for what the user may type or accept here, and one typed ahead of)
+            if u != uri or not (_typed_ahead(text, offset, spec.text, spec.offset)
+                                or _typed_ahead(spec.text, spec.offset, text, offset)):
+                self._cancel_speculation(u)
 
     def did_close(self, uri: str) -> None:
         doc = self.documents.close(uri)
@@ -447,6 +467,8 @@ class Session:
                        position=doc.position_at(offset, self.encoding), word=doc.text[ws:offset],
                        word_start=doc.position_at(ws, self.encoding))
         self.counters["completions"] += 1
+        log.debug("suggestion at %s@%d v%d from %s in %.1f ms: %d chars", doc.path or doc.uri, offset, doc.version,
+                  source, latency, len(text))
         self.tracker.shown(sid, uri=doc.uri, path=doc.path, offset=offset, text=text, language=doc.language_id,
                            scope=scope, source=source, latency_ms=latency)
         return s
@@ -628,31 +650,35 @@ class Session:
             if spec.job.future is not None:
                 spec.job.future.cancel()
 
-    def _speculate_enter(self, uri: str, offset: int) -> None:
+    def _speculate_enter(self, uri: str, offset: int) -> bool:
         """The cursor came to the end of a line of code: the likeliest next key is Enter, which the editor follows
-        with the line's indentation (one level more after a block opener). Prepare the suggestion there."""
+        with the line's indentation (one level more after a block opener). Prepare the suggestion there: one line
+        (the first suggestion at a new place has to come before the user types past it; the next request there
+        may say more). True when it was started."""
         doc = self.documents.get(uri)
         if doc is None:
-            return
+            return False
         text = doc.text
         if text[offset:offset + 1] not in ("", "\n", "\r"):
-            return
+            return False
         line = text[text.rfind("\n", 0, offset) + 1:offset]
         code = line.split("#", 1)[0].rstrip() if doc.language is not None and \
             doc.language.syntax.family == "python" else line.rstrip()
         if not code.strip():
-            return
+            return False
         indent = line[: len(line) - len(line.lstrip(" \t"))]
         if code.endswith((":", "{", "(", "[")):
             indent += "\t" if indent.startswith("\t") else "    "
-        self._speculate(uri, offset, "\n" + indent, insert=True)
+        return self._speculate(uri, offset, "\n" + indent, insert=True, one_line=True)
 
-    def _speculate(self, uri: str, offset: int, accepted: str, *, insert: bool = False) -> None:
+    def _speculate(self, uri: str, offset: int, accepted: str, *, insert: bool = False,
+                   one_line: bool = False) -> bool:
         """Prepare the suggestion for the document as it is once `accepted` is inserted at `offset` (`insert`:
-        it is not in the document yet, whatever follows the cursor)."""
+        it is not in the document yet, whatever follows the cursor; `one_line`: a single line). True when a
+        speculation was started."""
         doc = self.documents.get(uri)
         if doc is None or not self.host.ready or self._completable(doc):
-            return
+            return False
         text = doc.text
         if not insert and text[offset:offset + len(accepted)] == accepted:
             predicted = text  # the client applied the insertion before sending the accept
@@ -665,6 +691,8 @@ class Session:
                                  neighbors=self._neighbors(uri), fs_path=doc.fs_path)
         loaded = self.host.loaded
         options = self.options()
+        if one_line:
+            options = replace(options, multiline="never")
 
         def work(cancel: threading.Event) -> CompletionOutcome:
             return run_completion(snap, engine=loaded.engine, fim_format=loaded.fim_format, options=options,
@@ -688,6 +716,7 @@ class Session:
                 self.cache.put(uri, predicted, cursor, out.text, uuid.uuid4().hex[:12], source="speculation")
 
         spec.done.add_done_callback(finished)
+        return True
 
     # ---- generateFunction ---------------------------------------------------------------------------------
 
@@ -709,10 +738,12 @@ class Session:
         # "auto" picks per model what the benchmark measured (core.function_prompts.AUTO_STRATEGIES): the model's
         # registry name for an in-process engine; the test and remote engines are no measured model.
         model = (self.settings.model or DEFAULT_MODEL) if self.settings.engine == "ort" else self.settings.engine
+        verify = self.settings.verify_options()
 
         def work(cancel: threading.Event) -> FunctionOutcome:
             return generate_function(snapshot, engine=loaded.engine, fim_format=loaded.fim_format,
-                                     options=options, cancel=cancel, context=self.context, mode=mode, model=model)
+                                     options=options, cancel=cancel, context=self.context, mode=mode, model=model,
+                                     verify=verify)
 
         job = self.worker.submit("fn:" + uri, work)
         out = await self._await(job)
@@ -728,7 +759,7 @@ class Session:
                                 name=out.name, strategy=out.strategy, attempts=out.attempts)
         return FunctionEdit(True, out.reason, uri, version, doc.position_at(out.start, self.encoding),
                             doc.position_at(out.end, self.encoding), out.new_text, out.name, out.strategy,
-                            out.attempts)
+                            out.attempts, out.verification)
 
     # ---- status ---------------------------------------------------------------------------------------------
 

@@ -32,6 +32,10 @@ previous (or default) value, it never fails the request.
                           "fim" (the fill-in-the-middle body slot) | "chat" (the model's chat template, base
                           model) | "chat+adapter" (chat template, served adapter on); other languages than
                           Python always use "fim"
+    generateFunctionVerify  run the body against the docstring's examples in the sandbox and, when it fails them,
+                          sample more bodies and apply the first that passes (default true; Python only;
+                          core.verification)
+    generateFunctionBudgetS  seconds for those further bodies (0..600, default 20; 0: judge the greedy body only)
     maxTokens             upper bound of new tokens per completion (1..2048)
     debounceMs            the longest wait before starting a completion (0..2000); the wait adapts to typing
     multiline             "auto" (the grammar decides) | "always" (blocks where a line would do) | "never"
@@ -59,6 +63,7 @@ from intarsia.model.factory import EngineSpec
 from intarsia.model.lookup import DEFAULT_DRAFT, DRAFT_ROWS
 from intarsia.server.core.function_prompts import AUTO, MODES as FUNCTION_MODES
 from intarsia.server.core.prompt import PromptBudget
+from intarsia.server.core.verification import DEFAULT_BUDGET_S, MAX_BUDGET_S, VerifyOptions
 
 _SERVED = PromptBudget()
 
@@ -97,6 +102,8 @@ class Settings:
     remote_model: Optional[str] = None
     fim_format: Optional[str] = None
     generate_function_mode: str = AUTO
+    generate_function_verify: bool = True
+    generate_function_budget_s: float = DEFAULT_BUDGET_S
     max_tokens: int = 128
     debounce_ms: int = 100
     multiline: str = "auto"
@@ -129,6 +136,10 @@ class Settings:
         if suffix is None:
             suffix = PromptBudget.served(device).suffix
         return PromptBudget(prompt=self.prompt_budget_tokens, context=self.context_budget_tokens, suffix=suffix)
+
+    def verify_options(self) -> VerifyOptions:
+        """How generateFunction judges bodies by their docstring's examples (core.verification)."""
+        return VerifyOptions(enabled=self.generate_function_verify, budget_s=self.generate_function_budget_s)
 
     def engine_spec(self, workspace: Optional[str]) -> EngineSpec:
         """What `model.factory.open_engine` opens for these settings (the server never builds a model)."""
@@ -265,6 +276,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "remote_model": _opt_str,
     "fim_format": _opt_str,
     "generate_function_mode": _choice(FUNCTION_MODES),
+    "generate_function_verify": _bool,
+    "generate_function_budget_s": _float_range(0, MAX_BUDGET_S),
     "max_tokens": _int_range(1, 2048),
     "debounce_ms": _int_range(0, 2000),
     "multiline": _choice(MULTILINE),
