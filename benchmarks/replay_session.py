@@ -9,6 +9,9 @@ order on a workspace holding the older release:
 - replaced lines are deleted in one edit; then, from the end of the line above, each added line is Enter plus
   its indentation at once (an editor's auto-indent) and its characters one by one (--key-ms between keys,
   uniform, and --line-pause-ms more at line ends);
+- the editor closes brackets and quotes as VS Code does by default (autoclose.py: `(` gives `(|)`, a closer it
+  wrote is typed over, Enter splits `(|)`, a docstring's quotes are closed); `--auto-close none` inserts every
+  key as typed (runs before this option existed; an editor without auto-closing);
 - after every change the client sends what VS Code sends: didChange, then textDocument/inlineCompletion
   (automatic trigger); a request still unanswered when the next key is typed is cancelled ($/cancelRequest);
   a cursor notification follows each keystroke that is not followed by another within 120 ms (the extension's
@@ -52,6 +55,7 @@ from lsprotocol import types as t
 from pygls.lsp.client import LanguageClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from autoclose import AutoClose, Edit, Plain  # noqa: E402
 from lsp_bench import item_text, pct, rss_mb, start_server, wait_ready  # noqa: E402
 
 CODE = re.compile(r"\S.{7,}")  # a line worth typing: 8+ characters of code
@@ -225,8 +229,17 @@ class Session:
         self.stats.requests += 1
         self.stats.first_requests += first
 
-    async def key(self, path: str, offset: int, text: str, *, first: bool, pause: float) -> int:
-        """Type `text` at `offset` (one change), ask for a suggestion, wait `pause` (the time to the next key)."""
+    async def key(self, path: str, offset: int, edit: Edit, *, first: bool, pause: float) -> int:
+        """Type one key at `offset` (`edit`: what the editor makes of it), ask for a suggestion, wait `pause` (the
+        time to the next key). A key that only moves the cursor changes nothing and asks for nothing."""
+        text = edit.typed
+        if edit.move_only:
+            self.visible = None  # the editor hides a suggestion when the cursor leaves its place
+            offset += edit.advance
+            if pause > DEBOUNCE_S and self.args.cursor_notifications:
+                self.cursor(path, offset)
+            await asyncio.sleep(pause)
+            return offset
         chars = len(text.strip(" ")) or len(text)  # (Enter and its automatic indentation count as one)
         if self.visible is not None:
             if self.visible.startswith(text):
@@ -238,8 +251,8 @@ class Session:
         if first:
             self.jump_t0, self.jump_open, self.jump_keys = time.monotonic(), True, 0
         self.jump_keys += 1
-        self.change(path, offset, offset, text)
-        offset += len(text)
+        self.change(path, offset, offset + edit.replace, edit.insert)
+        offset += edit.advance
         self.stats.keystrokes += 1
         self.request(path, offset, first)
         end = time.monotonic() + pause
@@ -251,6 +264,10 @@ class Session:
             self.stats.visible += 1
         await asyncio.sleep(max(end - time.monotonic(), 0.0))
         return offset
+
+
+def _never(ms):
+    return None if ms is None or ms == float("inf") else ms
 
 
 async def replay(args, changes: list[Change], ws: Path) -> dict:
@@ -287,6 +304,7 @@ async def replay(args, changes: list[Change], ws: Path) -> dict:
                             "read_pause_s": round(pause, 2), "first_ms": None, "keys_before": None})
         await asyncio.sleep(pause)
         first = True
+        editor = AutoClose.at(s.docs[ch.path][0], offset) if args.auto_close == "vscode" else Plain()
         for line in ch.added:
             indent = line[: len(line) - len(line.lstrip(" "))]
             body = list(line[len(indent):])
@@ -295,8 +313,13 @@ async def replay(args, changes: list[Change], ws: Path) -> dict:
                 pause = rng.uniform(*args.key_ms) / 1000
                 if j == len(pieces) - 1:
                     pause += rng.uniform(*args.line_pause_ms) / 1000
-                offset = await s.key(ch.path, offset, piece, first=first, pause=pause)
+                doc = s.docs[ch.path][0]
+                edit = editor.key(piece, doc[offset + len(editor.tail):], "".join(pieces[j:]))
+                offset = await s.key(ch.path, offset, edit, first=first, pause=pause)
                 first = False
+        left = editor.leftover()  # closers the real text puts elsewhere: the developer deletes them
+        if left:
+            s.change(ch.path, offset, offset + len(left), "")
         await s.settle(time.monotonic() + 10)
         if s.jump_open:
             stats.jumps_without_suggestion += 1
@@ -311,6 +334,7 @@ async def replay(args, changes: list[Change], ws: Path) -> dict:
     client.exit(None)
     await client.stop()
     alln = stats.first_requests_shown + stats.rest
+    never = stats.first + [float("inf")] * stats.jumps_without_suggestion
     return {
         "label": args.label, "server_tree": args.server_tree, "settings": settings, "engine_load_s": round(load_s, 1),
         "changes": len(changes), "keystrokes": stats.keystrokes, "wall_s": round(wall, 1),
@@ -319,7 +343,11 @@ async def replay(args, changes: list[Change], ws: Path) -> dict:
                             "first_after_jump": {"n": len(stats.first), "of_jumps": stats.first_requests,
                                                  "jumps_without_suggestion": stats.jumps_without_suggestion,
                                                  "p50": pct(stats.first, .5), "p95": pct(stats.first, .95),
-                                                 "p99": pct(stats.first, .99)},
+                                                 "p99": pct(stats.first, .99),
+                                                 # a jump where no suggestion came counts as never (null: the
+                                                 # quantile falls on one)
+                                                 "p50_never_counted": _never(pct(never, .5)),
+                                                 "p95_never_counted": _never(pct(never, .95))},
                             "rest": {"n": len(stats.rest), "p50": pct(stats.rest, .5), "p95": pct(stats.rest, .95),
                                      "p99": pct(stats.rest, .99)}},
         "jumps": stats.jumps,
@@ -346,6 +374,9 @@ def main() -> int:
     ap.add_argument("--line-pause-ms", type=float, nargs=2, default=(300, 600))
     ap.add_argument("--read-pause", type=float, nargs=2, default=(1.0, 2.5), help="seconds after a jump")
     ap.add_argument("--no-cursor-notifications", dest="cursor_notifications", action="store_false")
+    ap.add_argument("--auto-close", choices=("vscode", "none"), default="vscode",
+                    help="what the editor does with brackets and quotes as they are typed (autoclose.py): VS Code's "
+                         "defaults with Pylance, or nothing (every key inserted as typed)")
     ap.add_argument("--settings", default="{}", help="extra server settings (JSON)")
     ap.add_argument("--server-tree", default=None, help="run the server from this checkout")
     ap.add_argument("--server-verbose", action="store_true", help="debug logging in the server's log")
@@ -366,7 +397,8 @@ def main() -> int:
         shutil.rmtree(ws, ignore_errors=True)
     out.update({"package": f"{args.package} {args.old} -> {args.new}", "seed": args.seed,
                 "typed_per_change": statistics.mean(sum(len(x) for x in c.added) for c in changes),
-                "files": len({c.path for c in changes}), "key_ms": args.key_ms, "read_pause_s": args.read_pause})
+                "files": len({c.path for c in changes}), "key_ms": args.key_ms, "read_pause_s": args.read_pause,
+                "auto_close": args.auto_close})
     print(json.dumps(out, indent=1))
     return 0
 

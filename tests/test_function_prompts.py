@@ -90,6 +90,16 @@ def test_question_shows_imports_definitions_class_and_docstring():
     assert msg.role == "user" and "`area` (a method of class `Shape`)" in msg.content
     assert msg.content.endswith("```python\n" + view + "\n```")
     assert q.response_prefix.endswith("```python\n")
+    # The answer opens with the function's own decorators, signature and docstring, at column 0: the model
+    # writes only the body.
+    header = fp.answer_header(src, t.fn_start, t.start)
+    assert header == '@staticmethod\ndef area(r: float) -> float:\n    """Area of it."""\n'
+    q = fp.chat_prompt(t.name, view, class_name=t.class_name, files=(), path="shapes.py", header=header)
+    assert q.response_prefix.endswith("```python\n" + header)
+    answer = q.response_prefix + "    return 3.14 * r * r\n```\n"
+    got = fp.extract_body(answer, name=t.name, language=PY, indent="        ", params=t.params,
+                          class_name=t.class_name, file_names=fp.file_bindings(src, PY, None), newline="\n")
+    assert isinstance(got, fp.Extracted) and got.body == "return 3.14 * r * r"
 
 
 def test_question_keeps_within_the_budget():
@@ -200,6 +210,14 @@ def test_chat_asks_the_base_model_and_chat_adapter_the_served_one():
     out2 = F.generate_function(_snap(ADD, ADD.index("add")), engine=eng, fim_format=QWEN25_CODER,
                                mode="chat+adapter")
     assert out2.ok and out2.strategy == "chat+adapter" and eng.last_adapter is None
+
+
+def test_the_chat_answer_opens_with_the_functions_own_header_and_the_model_writes_the_body():
+    eng = TestEngine(table={'    """Add two numbers."""\n```': "    return a + b\n```\nDone."})
+    out = F.generate_function(_snap(ADD, ADD.index("add")), engine=eng, fim_format=QWEN25_CODER, mode="chat")
+    head = ADD[ADD.index("def add"):ADD.index("    pass")]
+    assert eng.last_prompt.endswith("```python\n" + head)
+    assert out.ok and ADD[:out.start] + out.new_text + ADD[out.end:] == ADD.replace("    pass\n", "    return a + b\n")
 
 
 def test_auto_falls_back_to_the_body_slot():

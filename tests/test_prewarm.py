@@ -244,3 +244,31 @@ async def test_moving_elsewhere_stops_the_generations_nobody_waits_for(isolated_
     assert flight.job.cancel.is_set()
     await _until(lambda: URI not in s._inflight)
     await s.shutdown()
+
+
+async def test_a_typed_ahead_request_gets_the_blocks_first_line_before_the_block_is_done(isolated_cache):
+    block = "total = a + b\n    if total > 10:\n        total = 10\n    return total"
+    s = _session(speculate=False, prewarm=False, test={"table": {"\n    ": block}, "tokenDelayMs": 40})
+    await _ready(s)
+    s.did_open(URI, "python", 1, "def add(a, b):\n    \n")
+    first = asyncio.ensure_future(s.complete(URI, 1, 4))
+    await asyncio.sleep(0.05)
+    first.cancel()  # the user typed on: $/cancelRequest, the generation goes on
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    s.did_change(URI, 2, [((1, 4, 1, 4), "t")])
+    t0 = time.monotonic()
+    sug = await s.complete(URI, 1, 5)
+    assert sug is not None and sug.text == "otal = a + b"
+    assert URI in s._inflight and not s._inflight[URI].fut.done()  # the block is still being generated
+    assert s.counters["first_lines"] == 1 and s.counters["joined"] == 1
+    s.did_change(URI, 3, [((1, 5, 1, 5), "o")])
+    again = await s.complete(URI, 1, 6)  # the next key, the block still running: its first line, from the cache
+    assert again is not None and again.text == "tal = a + b"
+    assert URI in s._inflight and not s._inflight[URI].job.cancel.is_set()  # the block goes on
+    await _until(lambda: URI not in s._inflight)
+    assert time.monotonic() - t0 > 0.3  # (the whole block took longer than its first line)
+    s.did_change(URI, 4, [((1, 6, 1, 6), "t")])
+    rest = await s.complete(URI, 1, 7)  # a key after the block is done: the whole block, from the cache
+    assert rest is not None and rest.text == block[3:] and s.host.loaded.engine.calls == 1
+    await s.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -203,6 +204,30 @@ def test_only_one_model_thread():
 
 
 # ------------------------------------------------------------------------------------------------ engines
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no thread priorities here")
+def test_background_work_runs_below_the_model_threads_priority():
+    import sys
+    from intarsia.server.lsp.executor import BACKGROUND_NICE, background_executor
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    aux = background_executor()
+    try:
+        background = aux.submit(niceness).result(timeout=5)
+    finally:
+        aux.shutdown()
+    model = ModelWorker()
+    try:
+        foreground = model.submit("k", lambda cancel: niceness()).future.result(timeout=5)
+    finally:
+        model.shutdown()
+    if sys.platform.startswith("linux"):
+        assert background == min(foreground + BACKGROUND_NICE, 19)
+    else:
+        assert background >= foreground
 
 
 def test_load_test_engine():

@@ -38,7 +38,7 @@ from intarsia.model.fim import FimFormat, RepoFile
 from intarsia.server.core.context import ContextProvider, RepoIndex
 from intarsia.server.core.documents import Snapshot
 from intarsia.server.core.functions import find_function_target
-from intarsia.server.core.prompt import SUFFIX_MAX_TOKENS, PromptBudget, build_prompt
+from intarsia.server.core.prompt import PromptBudget, build_prompt
 
 from .crawl import SourceFile
 
@@ -351,7 +351,7 @@ def budget_for(kind: str, budget: PromptBudget) -> PromptBudget:
     """The budget a gap of this kind is served with: `budget` (the served inline budget), except that a body after
     its docstring is what `intarsia.generateFunction` asks for, and its prompt keeps the long suffix on every
     device (`server.core.functions`: the body's prompt is computed once, not on every keystroke)."""
-    return replace(budget, suffix=SUFFIX_MAX_TOKENS) if kind in BODY_KINDS else budget
+    return budget.for_body() if kind in BODY_KINDS else budget
 
 
 def render_mode(options: RenderOptions, ex: Example, seed: int = 0) -> str:

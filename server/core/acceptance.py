@@ -255,6 +255,8 @@ def read_events(paths: Iterable[Path]) -> list[dict]:
                         continue  # a torn line (a crash while writing): skip it
                     if isinstance(rec, dict) and "event" in rec:
                         out.append(rec)
+        except FileNotFoundError:
+            continue  # nothing accepted there yet
         except OSError as e:
             log.warning("cannot read %s: %s", p, e)
     return out

@@ -130,11 +130,14 @@ class _EarlyStop:
     """Watches streamed text and sets the generation's event once the scope needs no more lines: `max_lines`
     lines with content, or (Python blocks) a line after the first indented at or below `indent_floor`."""
 
-    def __init__(self, event: threading.Event, decision: ScopeDecision, cursor_line_has_content: bool):
+    def __init__(self, event: threading.Event, decision: ScopeDecision, cursor_line_has_content: bool,
+                 first_line: Optional[Callable[[str], None]] = None):
         self.event = event
         self.max_lines = decision.max_lines
         self.floor = decision.indent_floor
         self.cursor_line_has_content = cursor_line_has_content
+        self.first_line = first_line  # called once with the text up to the first line with content, when more follow
+        self.text = ""
         self.buf = ""
         self.lines = 0
         self.content_lines = 0
@@ -143,6 +146,7 @@ class _EarlyStop:
     def __call__(self, piece: str) -> None:
         if self.stopped:
             return
+        self.text += piece
         self.buf += piece
         while "\n" in self.buf:
             line, self.buf = self.buf.split("\n", 1)
@@ -156,6 +160,9 @@ class _EarlyStop:
             if self.max_lines is not None and self.content_lines >= self.max_lines:
                 self._stop()
                 return
+            if self.content_lines == 1 and line.strip() and self.first_line is not None:
+                done, self.first_line = self.first_line, None
+                done(self.text[:len(self.text) - len(self.buf)])
 
     def _stop(self) -> None:
         self.stopped = True
@@ -242,9 +249,14 @@ def run_completion(
     options: PipelineOptions = PipelineOptions(),
     cancel: Optional[threading.Event] = None,
     context: Optional[ContextSource] = None,
+    on_first_line: Optional[Callable[[str], None]] = None,
 ) -> CompletionOutcome:
     """One completion at `snapshot.offset` (see the module docstring). Never raises for engine failures
-    (`IntarsiaError`): they become an empty outcome whose reason says what failed."""
+    (`IntarsiaError`): they become an empty outcome whose reason says what failed.
+
+    `on_first_line`: for a block, called (on this thread, while the engine goes on) with the suggestion's first
+    line as soon as it is generated and fits where it goes, post-processed like a one-line suggestion: someone who
+    typed ahead of this generation can be shown it before the block is done."""
     t0 = time.perf_counter()
     cancel = cancel if cancel is not None else threading.Event()
     cursor = cursor_context(snapshot.text, snapshot.offset, snapshot.language, snapshot.tree)
@@ -266,7 +278,20 @@ def run_completion(
             parts, quick = short, True
     t_prompt = time.perf_counter()
     ls = snapshot.text.rfind("\n", 0, snapshot.offset) + 1
-    watcher = _EarlyStop(cancel, decision, bool(snapshot.text[ls:snapshot.offset].strip()))
+
+    def first_line(raw: str) -> None:
+        try:
+            post = postprocess(snapshot.text, snapshot.offset, raw, language=snapshot.language, scope=Scope.LINE,
+                               truncated=False, context=cursor)
+        except Exception:  # (never at the cost of the block being generated)
+            log.warning("checking a block's first line failed", exc_info=True)
+            return
+        line = post.text.rstrip("\r\n") if post.valid else ""
+        if line.strip() and "\n" not in line and on_first_line is not None:
+            on_first_line(line)
+
+    watcher = _EarlyStop(cancel, decision, bool(snapshot.text[ls:snapshot.offset].strip()),
+                         first_line if on_first_line is not None and decision.scope is Scope.BLOCK else None)
     stops = tuple(dict.fromkeys((*fim_format.stop_strings, *decision.stop)))
     max_new = min(decision.max_new_tokens, options.max_tokens)
     if quick and options.quick is not None:

@@ -26,7 +26,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import tree_sitter
@@ -42,7 +42,7 @@ from . import doc_examples
 from . import function_prompts as fp
 from .completion import ContextSource, PipelineOptions, StageTimings
 from .documents import Snapshot
-from .prompt import SUFFIX_MAX_TOKENS, build_prompt
+from .prompt import build_prompt
 from .verification import CheckReport, Verification, VerifyOptions, check_body
 
 log = logging.getLogger(__name__)
@@ -240,8 +240,7 @@ def prepare_function(snapshot: Snapshot, *, engine: Engine, options: PipelineOpt
 
 def _fim_prompt(req: FunctionRequest, engine: Engine, fim_format: FimFormat,
                 options: PipelineOptions) -> tuple[str, int, tuple[str, ...]]:
-    # The body's prompt keeps a long suffix on every device: it is computed once, not on every keystroke.
-    budget = replace(options.budget, suffix=SUFFIX_MAX_TOKENS)
+    budget = options.budget.for_body()
     parts = build_prompt(fim_format, engine.count_tokens, req.doc, req.at, budget=budget,
                          context_files=list(req.files), path=req.snapshot.path, repo_name=options.repo_name)
     return parts.prompt, parts.prompt_tokens, fim_format.stop_strings
@@ -257,7 +256,8 @@ def _chat_prompt(req: FunctionRequest, engine: Engine, options: PipelineOptions)
         ctx_tokens -= count(files.pop().content)
     view = fp.file_view(snap.text, snap.language, target.fn_start, target.start, count=count,
                         budget=max(options.budget.prompt - ctx_tokens - 128, 256), tree=snap.tree)
-    question = fp.chat_prompt(target.name, view, class_name=target.class_name, files=files, path=snap.path)
+    question = fp.chat_prompt(target.name, view, class_name=target.class_name, files=files, path=snap.path,
+                              header=fp.answer_header(snap.text, target.fn_start, target.start))
     prompt = engine.render_chat(question.messages) + question.response_prefix
     return prompt, count(prompt), question
 

@@ -14,7 +14,7 @@ cursor is computed again on each keystroke.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 from intarsia.model.fim import FimFormat, RepoFile
@@ -42,6 +42,11 @@ class PromptBudget:
     def served(cls, device: str = "cpu") -> "PromptBudget":
         """What the server uses by default on `device` ("cpu", "cuda", or "remote" for a remote engine)."""
         return cls(suffix=SUFFIX_MAX_TOKENS_CPU if device == "cpu" else SUFFIX_MAX_TOKENS)
+
+    def for_body(self) -> "PromptBudget":
+        """The budget of a function body's prompt (`intarsia.generateFunction`, and training's body examples and
+        held-out samples): the long suffix on every device, as it is computed once, not on every keystroke."""
+        return replace(self, suffix=SUFFIX_MAX_TOKENS)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ the model thread, with a snapshot taken on the loop.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import logging
 import os
@@ -33,7 +32,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from intarsia.model.registry import DEFAULT_MODEL
 from intarsia.server.core.acceptance import AcceptanceLog, AcceptanceTracker, Anchor
@@ -44,7 +43,7 @@ from intarsia.server.core.functions import FunctionOutcome, generate_function
 from intarsia.server.core.verification import Verification
 
 from .cache import TypedAheadCache
-from .executor import Job, ModelWorker, settled
+from .executor import Job, ModelWorker, background_executor, settled
 from .host import UI, EngineHost, NullUI
 from .prewarm import CURSOR_DELAY_S, EDIT_DELAY_S, OPEN_DELAY_S, Prewarmer
 from .settings import Settings, parse_settings
@@ -124,6 +123,8 @@ class _Inflight:
     offset: int
     fut: "asyncio.Future"
     orphaned: bool = False  # its request was cancelled: nobody waits for it
+    # Set (on the loop) when a block's first line is in the typed-ahead cache while the block is still generated.
+    first_line: Optional["asyncio.Future"] = None
 
 
 def _typed_ahead(old_text: str, old_offset: int, text: str, offset: int) -> bool:
@@ -162,7 +163,7 @@ class Session:
         self.ui: UI = ui or NullUI()
         self.documents = DocumentStore()
         self.worker = ModelWorker()
-        self.aux = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="intarsia-aux")
+        self.aux = background_executor()  # indexing, acceptance checks: at a lower CPU priority
         self.cache = TypedAheadCache()
         self.index: Optional[RepoIndex] = RepoIndex(self.root) if self.root else None
         self.context = ContextProvider(self.index)
@@ -175,7 +176,7 @@ class Session:
         self.counters: dict[str, int] = {k: 0 for k in (
             "requests", "completions", "engine_calls", "cache_hits", "speculative_hits", "speculations",
             "cancelled", "superseded", "stale", "not_ready", "empty", "skipped", "quick_starts", "joined",
-            "joined_hits")}
+            "joined_hits", "first_lines")}
         self.last: Optional[dict] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._debouncers: dict[str, Debouncer] = {}
@@ -396,11 +397,13 @@ class Session:
                     job.future.cancel()
             raise
 
-    def _track(self, uri: str, job: Job, text: str, offset: int, sid: str) -> "asyncio.Future":
+    def _track(self, uri: str, job: Job, text: str, offset: int, sid: str,
+               first_line: Optional["asyncio.Future"] = None) -> "asyncio.Future":
         """Follow a completion job: when it ends, its suggestion goes to the typed-ahead cache (also when its
-        request was cancelled), and it is no longer in flight."""
+        request was cancelled), and it is no longer in flight. `first_line`: set when the block's first line went
+        to the cache ahead of the block (`_first_line_sink`)."""
         fut = settled(job, asyncio.get_running_loop())
-        flight = _Inflight(job, text, offset, fut)
+        flight = _Inflight(job, text, offset, fut, first_line=first_line)
         self._inflight[uri] = flight
 
         def ended(f: asyncio.Future) -> None:
@@ -417,16 +420,41 @@ class Session:
         fut.add_done_callback(ended)
         return fut
 
+    def _first_line_sink(self, uri: str, text: str, offset: int, sid: str) -> tuple[Callable[[str], None],
+                                                                                   "asyncio.Future"]:
+        """A callback for the model thread (`run_completion(on_first_line=)`) that puts a block's first line in
+        the typed-ahead cache, on the loop, and the future it sets then."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def on_loop(line: str) -> None:
+            if self._closed or done.done():
+                return
+            self.cache.put(uri, text, offset, line, sid)
+            self.counters["first_lines"] += 1
+            done.set_result(True)
+
+        def on_first_line(line: str) -> None:  # (the model thread)
+            loop.call_soon_threadsafe(on_loop, line)
+
+        return on_first_line, done
+
     async def _join(self, uri: str, text: str, offset: int, version: int, doc: Document) -> Optional[bool]:
         """Before a new generation: a generation still running for `uri` that this request only typed ahead of
         (the same text with characters inserted at its cursor) is waited for, and its result answers from the
-        cache; one for another place (or an orphaned one elsewhere) is stopped. True when one was joined."""
+        cache; one for another place (or an orphaned one elsewhere) is stopped. True when one was joined. A
+        block's first line, once generated, answers at once when it agrees with what was typed (the block goes
+        on to the cache for the next keys)."""
         for u, flight in list(self._inflight.items()):
             if flight.fut.done():
                 continue
             if u == uri and _typed_ahead(flight.text, flight.offset, text, offset):
                 self.counters["joined"] += 1
                 try:
+                    if flight.first_line is not None and not flight.first_line.done():
+                        await asyncio.wait((flight.fut, flight.first_line), return_when=asyncio.FIRST_COMPLETED)
+                        if not flight.fut.done() and self.cache.lookup(uri, text, offset) is not None:
+                            return True
                     await asyncio.shield(flight.fut)
                 except Exception:
                     return None
@@ -494,7 +522,10 @@ class Session:
 
         hit = self.cache.lookup(uri, text, offset)
         if hit is not None:
-            self.worker.cancel(uri)  # a generation for an earlier position of this document is not needed
+            flight = self._inflight.get(uri)
+            if flight is None or flight.fut.done() or not _typed_ahead(flight.text, flight.offset, text, offset):
+                self.worker.cancel(uri)  # a generation for an earlier position of this document is not needed
+            # (else it is the block whose first line answers here: it goes on, for the keys after that line)
             self.counters["cache_hits"] += 1
             if hit.entry.source == "speculation":
                 self.counters["speculative_hits"] += 1
@@ -559,12 +590,15 @@ class Session:
             loaded = self.host.loaded
             options = self.options()
 
+            on_first_line, first_line = self._first_line_sink(uri, text, offset, sid)
+
             def work(cancel: threading.Event) -> CompletionOutcome:
                 return run_completion(snapshot, engine=loaded.engine, fim_format=loaded.fim_format,
-                                      options=options, cancel=cancel, context=self.context)
+                                      options=options, cancel=cancel, context=self.context,
+                                      on_first_line=on_first_line)
 
             job = self.worker.submit(uri, work)
-            fut = self._track(uri, job, text, offset, sid)
+            fut = self._track(uri, job, text, offset, sid, first_line)
             outcome = await self._await(job, fut)
             source = "model"
             if job.superseded:  # a newer request for this document cancelled this one

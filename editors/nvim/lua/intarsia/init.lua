@@ -330,7 +330,10 @@ function M.generate_function(callback)
     if err then
       notify('generating the function failed: ' .. tostring(err.message), vim.log.levels.ERROR)
     elseif type(result) == 'table' and result.applied then
-      notify('generated the body of ' .. tostring(result['function']))
+      -- With docstring examples checked the server says which passed (window/showMessage): one notice, not two.
+      if type(result.verification) ~= 'table' then
+        notify('generated the body of ' .. tostring(result['function']))
+      end
     else
       local why = type(result) == 'table' and result.reason or 'no answer'
       notify('no function body: ' .. tostring(why), vim.log.levels.WARN)
