@@ -37,6 +37,7 @@ from intarsia.server.core.completion import PipelineOptions, run_completion
 from intarsia.server.core.context import ContextProvider, RepoIndex
 from intarsia.server.core.documents import Document
 from intarsia.server.core.prompt import PromptBudget
+from intarsia.training import budget as tb
 from intarsia.training.examples import RenderOptions
 from intarsia.training.run import TrainOptions, dry_run, evaluate_repository, train_repository
 from intarsia.training.trainer import TrainConfig
@@ -442,8 +443,9 @@ def _add_train_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-block", "--eval-fim", dest="eval_block", type=int, default=40,
                    help="held-out samples: a statement or block of 2-8 lines in a body")
     p.add_argument("--eval-body", type=int, default=20, help="held-out samples: a body from its docstring")
-    p.add_argument("--eval-min-samples", type=int, default=100,
-                   help="with a time budget, never evaluate fewer held-out samples than this")
+    p.add_argument("--eval-min-samples", type=int, default=tb.MIN_EVAL_SAMPLES,
+                   help="with a time budget, never evaluate fewer held-out samples than this "
+                        f"(default {tb.MIN_EVAL_SAMPLES})")
     p.add_argument("--eval-base", action="store_true",
                    help="also score the plain base model when it is not the served one (report only)")
     p.add_argument("--no-promote", action="store_true", help="evaluate and store, but do not promote")

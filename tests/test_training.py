@@ -577,7 +577,7 @@ def test_cli_train_options(repo, capsys):
     o = opts()
     assert o.time_budget == "auto" and o.continue_promoted and o.min_steps == 16 and not o.eval_base
     assert o.sample_counts.by_kind() == {"next-line": 80, "line-rest": 60, "block": 40, "body": 20}
-    assert o.eval_min_samples == 100
+    assert o.eval_min_samples == 40
     o = opts("--time-budget", "1h30m", "--eval-line-rest", "7", "--eval-fim", "9", "--eval-body", "0",
              "--no-continue", "--eval-base", "--min-steps", "0", "--eval-min-samples", "50")
     assert o.time_budget == "1h30m" and (o.eval_line_rest, o.eval_block, o.eval_body) == (7, 9, 0)

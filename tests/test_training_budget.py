@@ -85,6 +85,35 @@ def test_no_time_left_still_trains_one_step_and_says_so():
                    elapsed_s=0, eval_s=0, other_s=0, eval_samples=0)
 
 
+def test_a_plan_that_leaves_training_little_time_says_so_and_what_budget_would_not():
+    # the measured first run on 2 cores: 525 s before training, 517 s for the candidate, 108 s for the rest
+    p = plan_steps(tokens_per_s=83, bin_tokens=[1000] * 100, bin_examples=[1] * 100, sequences_per_step=1,
+                   budget_s=1200, elapsed_s=525, eval_s=517, other_s=108, eval_samples=100, measured=True)
+    assert p.steps == 4 and p.train_share < 0.25
+    w = p.warning()
+    assert "will change little" in w and "--time-budget 40m" in w  # 2 × 19.2 min, rounded up to 5 minutes
+    ok = plan_steps(tokens_per_s=83, bin_tokens=[1000] * 100, bin_examples=[1] * 100, sequences_per_step=1,
+                    budget_s=1200, elapsed_s=300, eval_s=300, other_s=50, eval_samples=60, measured=True)
+    assert ok.train_share > 0.25 and ok.warning() == ""
+    assert plan_steps(tokens_per_s=83, bin_tokens=[1000] * 10, bin_examples=[1] * 10, sequences_per_step=1,
+                      budget_s=None, elapsed_s=300, eval_s=300, other_s=50, eval_samples=60).warning() == ""
+
+
+def test_a_resumed_run_plans_the_steps_after_those_taken_with_its_own_budget():
+    bins = [1000] * 100
+    p = plan_steps(tokens_per_s=50, bin_tokens=bins, bin_examples=[2] * 100, sequences_per_step=1,
+                   budget_s=1200, elapsed_s=100, eval_s=300, other_s=50, eval_samples=200, measured=True,
+                   done_steps=4)
+    # the same 37 steps' worth of time as a fresh run, after the 4 already taken
+    assert p.steps == 41 and p.done_steps == 4 and p.limit == "budget"
+    assert p.tokens == 37_000 and p.train_s == pytest.approx(740)
+    assert "41 step(s), 37 of them now (4 done before)" in p.describe()
+    # near the end of the data: the rest of one pass, not more
+    p = plan_steps(tokens_per_s=50, bin_tokens=[1000] * 10, bin_examples=[1] * 10, sequences_per_step=1,
+                   budget_s=1200, elapsed_s=100, eval_s=300, other_s=50, eval_samples=200, done_steps=8)
+    assert p.steps == 10 and p.limit == "data" and p.tokens == 2000
+
+
 def test_step_size_and_examples_before_measuring():
     # 30,000 tokens expected: 8192-token steps would be 3; 16 steps want one 1024-token sequence each
     assert tb.batch_for_budget(8192, 1024, 30_000, 16) == 1024
@@ -105,6 +134,14 @@ def test_evaluation_samples_fit_half_the_budget_but_not_below_the_floor():
     assert tb.fit_eval_samples(200, seconds_per_sample=10, passes=2, budget_s=1200, floor=100) == 100
     assert tb.fit_eval_samples(60, seconds_per_sample=10, passes=2, budget_s=1200, floor=100) == 60
     assert tb.fit_eval_samples(200, seconds_per_sample=10, passes=2, budget_s=None, floor=100) == 200
+    # the default floor: measured on 2 cores, 5 s a sample and a 20-minute budget → 60 samples, and training keeps
+    # the other half of the budget (a floor of 100 left it one step)
+    assert tb.fit_eval_samples(200, seconds_per_sample=5.0, passes=2, budget_s=1200) == 60
+    assert tb.fit_eval_samples(200, seconds_per_sample=50.0, passes=2, budget_s=1200) == tb.MIN_EVAL_SAMPLES
+    # perplexity (reported, never judged) fits 4 % of the budget: 48 s × 3 × 80 tok/s / (2 × 830) ≈ 6 examples
+    assert tb.fit_perplexity_examples(16, 830, tokens_per_s=80, budget_s=1200) == 6
+    assert tb.fit_perplexity_examples(16, 830, tokens_per_s=80, budget_s=None) == 16
+    assert tb.fit_perplexity_examples(16, 830, tokens_per_s=0.1, budget_s=60) == 0
     assert tb.evaluation_estimate([1000, 3000], factor=1.1, open_s=2, export_s=10) == pytest.approx(16.4)
     assert tb.perplexity_estimate(3000, passes=2, tokens_per_s=50, load_s=5) == pytest.approx(45)
     assert tb.perplexity_estimate(0, passes=2, tokens_per_s=50) == 0
@@ -156,20 +193,26 @@ def _examples(tiny_hf, n=24):
             for i in range(n)]
 
 
-def test_the_schedule_is_transformers_cosine_with_warmup():
+def test_the_schedule_is_transformers_cosine_with_a_warmup_that_never_starts_at_zero():
     pytest.importorskip("torch")
     import torch
     from intarsia.training.trainer import cosine_with_warmup
     from transformers import get_cosine_schedule_with_warmup
 
-    for total, ratio in ((12, 0.0), (40, 0.05), (7, 0.3)):
+    for total, ratio in ((12, 0.0), (40, 0.05), (7, 0.3), (4, 0.05)):
+        warm = max(1, int(total * ratio))
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        ref = get_cosine_schedule_with_warmup(opt, max(1, int(total * ratio)), total)
+        ref = get_cosine_schedule_with_warmup(opt, warm, total)
         for s in range(total):
-            assert cosine_with_warmup(s, total, ratio) == pytest.approx(ref.lr_lambdas[0](s), abs=1e-12)
+            got = cosine_with_warmup(s, total, ratio)
+            if s >= warm:
+                assert got == pytest.approx(ref.lr_lambdas[0](s), abs=1e-12)
+            else:  # every warm-up step learns, rising linearly to the peak
+                assert got == pytest.approx((s + 1) / (warm + 1)) and got > 0
+    assert cosine_with_warmup(0, 4, 0.05) == 0.5  # (a 4-step budget plan: its first step at half the peak)
 
 
-def test_the_trainer_plans_after_its_first_step_and_a_resumed_run_keeps_the_plan(tiny_hf, tmp_path):
+def test_the_trainer_plans_after_its_first_step_and_a_resumed_run_plans_again(tiny_hf, tmp_path):
     from intarsia.training.trainer import TrainConfig, first_epoch, train_lora
 
     exs = _examples(tiny_hf)
@@ -188,9 +231,12 @@ def test_the_trainer_plans_after_its_first_step_and_a_resumed_run_keeps_the_plan
     assert sum(cal.bin_examples) == len(exs)
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-3" / "state.json").read_text())
     assert state["total_steps"] == 4 and state["planned"] is True
+    assert cal.done_steps == 0
+    # The same command later: its own budget, the three steps already taken counted in the total.
     res = train_lora(tiny_hf, exs, tmp_path / "run", cfg, device="cpu", progress=False,
-                     plan=lambda c: pytest.fail("a resumed run keeps its plan"))
-    assert res.resumed_from == 3 and res.steps == 4 and res.planned_steps == 4 and res.stopped is None
+                     plan=lambda c: (seen.append(c), c.done_steps + 3)[1])
+    assert seen[-1].done_steps == 3 and seen[-1].tokens_per_s > 0
+    assert res.resumed_from == 3 and res.steps == 6 and res.planned_steps == 6 and res.stopped is None
 
 
 def test_training_stops_at_the_deadline_keeps_its_checkpoint_and_saves_the_adapter(tiny_hf, tmp_path):

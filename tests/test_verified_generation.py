@@ -450,3 +450,64 @@ async def test_session_reports_the_verification(test_engine_session):
     assert [r["status"] for r in result["verification"]["results"]] == ["passed", "passed"]
     assert convert.function_message(res) == ("info", "Intarsia: body of square: 2/2 docstring examples pass "
                                                      "(the greedy body)")
+
+
+ONE_EXAMPLE = '''def square(x):
+    """The square of x.
+
+    >>> square(3)
+    9
+    """
+    pass
+'''
+
+
+def test_a_body_that_never_reads_its_parameters_passes_no_example():
+    # A constant equal to the single example's output "passes" it: that is no evidence, so sampling goes on.
+    eng = Scripted(_answer("return 9"), (_answer("return 3 * 3"), _answer("return x * x")))
+    out = _generate(eng, src=ONE_EXAMPLE)
+    assert out.new_text == "\n    return x * x"
+    v = out.verification
+    assert v.verified and v.chosen == 2 and v.candidates == 3  # `return 3 * 3` is judged, and fails too
+    # When nothing else passes, the greedy body is applied and the message says why it is not verified.
+    eng2 = Scripted(_answer("return 9"), (_answer("return x + 1"),))
+    out2 = _generate(eng2, src=ONE_EXAMPLE, max_candidates=2)
+    assert out2.new_text == "\n    return 9" and not out2.verification.verified
+    assert F.IGNORES_PARAMETERS in out2.verification.message
+
+
+def test_reading_parameters():
+    from intarsia.server.core.function_prompts import ignores_parameters
+
+    py = get_language("python")
+    assert ignores_parameters("return 325", ("n",), py)
+    assert ignores_parameters("total = 0\n    for i in range(3):\n        total += i\n    return total", ("a", "b"), py)
+    assert not ignores_parameters("return n * (7 * n - 5) // 2", ("n",), py)
+    assert not ignores_parameters("return sum(args)", ("args",), py)  # (*args)
+    assert not ignores_parameters("return self.x", ("self",), py)  # no parameter but self
+    assert not ignores_parameters("return 1", (), py)
+    assert not ignores_parameters("return locals()", ("a",), py)
+    assert not ignores_parameters("return 1", ("a",), get_language("javascript"))
+
+
+IMPORT_FIRST = '''def max_fill(grid, capacity):
+    import math
+    """Buckets needed.
+
+    >>> max_fill([[1, 1]], 1)
+    2
+    """
+    pass
+'''
+
+
+def test_a_docstring_after_the_functions_own_imports():
+    py = get_language("python")
+    t = F.find_function_target(IMPORT_FIRST, 4, py)
+    assert not isinstance(t, str) and t.name == "max_fill" and t.params == ("grid", "capacity")
+    assert IMPORT_FIRST[:t.start].endswith('2\n    """') and IMPORT_FIRST[t.end:] == "\n"
+    name, examples = X.function_examples(IMPORT_FIRST[:t.start])
+    assert name == "max_fill" and [e.call for e in examples] == ["max_fill([[1, 1]], 1)"]
+    # Code before the docstring is still a body that is already written.
+    assert F.find_function_target(IMPORT_FIRST.replace("import math", "x = 1"), 4, py) == \
+        "function max_fill has no docstring: write the signature and the docstring first"

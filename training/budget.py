@@ -8,12 +8,17 @@ A run that takes as long as the data allows is a run nobody starts on a laptop. 
   examples are worth rendering (`render_token_target`: twice what the whole budget could train) and how large a
   step is (`batch_for_budget`: smaller steps when the budget would give fewer than `min_steps`);
 - evaluation is measured first: the served model completes the held-out samples before training, so the time the
-  candidate's pass will take is known per sample (`fit_eval_samples` shrinks the sample count, never below a
-  floor, when the evaluation alone would take more than its share of the budget);
+  candidate's pass will take is known per sample. Both passes together get at most half of the budget
+  (`fit_eval_samples` cuts the sample count down to what fits, never below MIN_EVAL_SAMPLES), and the report-only
+  perplexity pass a few percent (`fit_perplexity_examples`): measured on 2 cores, a gate that kept 100 samples at
+  5 s each left one training step of a 20-minute budget, and an unchanged adapter is 20 minutes lost;
 - in the first optimizer step the trainer measures the throughput, and `plan_steps` turns what is left of the budget
-  (minus the candidate's evaluation and the rest) into a number of steps; `Plan.describe` is what is printed;
+  (minus the candidate's evaluation and the rest) into a number of steps; `Plan.describe` is what is printed, and
+  `Plan.warning` says so when training still gets less than a quarter of the budget, with the budget that would
+  give it half;
 - the trainer stops at the deadline (before a step its last step's duration says would end past it), keeps the
-  checkpoint and hands the adapter to evaluation.
+  checkpoint and hands the adapter to evaluation. The same command later resumes from that checkpoint and plans
+  again with its own budget (`done_steps`): the steps already taken count, the time is new.
 
 Everything here is arithmetic on measured numbers: no model, no clock of its own (callers pass the times).
 """
@@ -38,7 +43,13 @@ PRIOR_CUDA_TOKENS_PER_S = 4000.0
 PRIOR_PARAMS = 0.5e9
 RENDER_MARGIN = 2.0  # examples rendered: this many times what the whole budget could train at the prior speed
 TRAIN_SHARE_GUESS = 0.5  # the share of a budget assumed to go to training when sizing a step before measuring
-EVAL_SHARE = 0.5  # the most of a budget the held-out evaluation may take before its samples are cut down
+EVAL_SHARE = 0.5  # the most of a budget the held-out evaluation (both passes) may take
+# The fewest held-out samples a budget cuts the evaluation to: below it, the gate's interval is too wide to promote
+# anything (one sample is 2.5 exact-match points at 40).
+MIN_EVAL_SAMPLES = 40
+PERPLEXITY_SHARE = 0.04  # the most of a budget the (report-only) perplexity pass may take
+# A plan whose training gets less than this share of the budget is announced as one that will change little.
+LOW_TRAIN_SHARE = 0.25
 PROBE_SAMPLES = 16  # served-model completions timed before the number of held-out samples is decided
 # A run-time LoRA adapter vs the plain model in the ORT engine: ~5 % slower at 500-1500-token prompts
 # (benchmarks/results/engines_lora_0.5b_cpu.json), rounded up.
@@ -191,14 +202,26 @@ def batch_for_budget(batch_tokens: int, context_length: int, expected_tokens: Op
 
 
 def fit_eval_samples(requested: int, *, seconds_per_sample: float, passes: float, budget_s: Optional[float],
-                     floor: int, share: float = EVAL_SHARE) -> int:
+                     floor: int = MIN_EVAL_SAMPLES, share: float = EVAL_SHARE) -> int:
     """How many of `requested` held-out samples to evaluate: all of them without a budget or when `passes` model
-    passes over them (each `seconds_per_sample`) take at most `share` of the budget; else as many as fit, but never
-    fewer than `floor` (a gate needs samples more than it needs training time)."""
+    passes over them (each `seconds_per_sample`) take at most `share` of the budget; else as many as fit, so that
+    training keeps the rest of the budget, but never fewer than `floor` (below it the gate could not promote
+    anything: training would be time lost)."""
     if budget_s is None or requested <= floor or seconds_per_sample <= 0 or passes <= 0:
         return requested
     fit = int(share * budget_s / (seconds_per_sample * passes))
     return max(min(requested, floor), min(requested, fit))
+
+
+def fit_perplexity_examples(requested: int, tokens_each: float, *, tokens_per_s: float, budget_s: Optional[float],
+                            passes: int = 2, share: float = PERPLEXITY_SHARE) -> int:
+    """How many of `requested` held-out examples (about `tokens_each` tokens each) the perplexity pass scores: all
+    without a budget, else as many as `passes` forward passes fit in `share` of it (perplexity is reported, never
+    judged, so it gives way to training)."""
+    if budget_s is None or requested <= 0 or tokens_each <= 0:
+        return requested
+    fit = int(share * budget_s * 3 * tokens_per_s / (passes * tokens_each))
+    return max(0, min(requested, fit))
 
 
 def evaluation_estimate(reference_ms: Sequence[float], *, factor: float = 1.0, open_s: float = 0.0,
@@ -237,6 +260,25 @@ class Plan:
     other_s: float  # export, reports, reserve
     elapsed_s: float  # spent before training (build, crawl, rendering, the served model's evaluation)
     limit: str  # what set the steps: "budget", "data" or "max_steps"
+    done_steps: int = 0  # steps an earlier run of the same command took (a resumed run): `steps` counts them
+
+    @property
+    def train_share(self) -> Optional[float]:
+        """The share of the budget that training gets (None without a budget)."""
+        return self.train_s / self.budget_s if self.budget_s else None
+
+    def warning(self) -> str:
+        """What to tell the user when this budget leaves training too little time to change the adapter much,
+        with the budget that would give training as much time as everything else; "" when it does not."""
+        share = self.train_share
+        if share is None or share >= LOW_TRAIN_SHARE:
+            return ""
+        rest = self.elapsed_s + self.eval_s + self.other_s
+        enough = math.ceil(2 * rest / 60 / 5) * 5
+        return (f"this time budget leaves ~{format_minutes(self.train_s)} of {format_minutes(self.budget_s)} for "
+                f"training ({self.steps - self.done_steps} step(s)): evaluation and the rest take "
+                f"{format_minutes(rest)}; the adapter will change little. --time-budget {enough}m would give "
+                f"training as much time as the rest")
 
     @property
     def total_s(self) -> float:
@@ -255,7 +297,9 @@ class Plan:
         if self.budget_s is not None and self.total_s > self.budget_s * 1.02:
             rest = self.elapsed_s + self.eval_s + self.other_s
             over = f" (over the budget: the work before and after training alone takes {format_minutes(rest)})"
-        return (f"plan ({speed}; time budget {format_minutes(self.budget_s)}): {self.steps} step(s) of "
+        steps = f"{self.steps} step(s)" if not self.done_steps else \
+            f"{self.steps} step(s), {self.steps - self.done_steps} of them now ({self.done_steps} done before)"
+        return (f"plan ({speed}; time budget {format_minutes(self.budget_s)}): {steps} of "
                 f"{self.sequences_per_step} sequence(s) ({why}), {self.tokens} tokens from {self.examples} "
                 f"examples; training ~{format_minutes(self.train_s)}, evaluation ~{format_minutes(self.eval_s)} "
                 f"({self.eval_samples} held-out samples), other ~{format_minutes(self.other_s)}; done in "
@@ -265,10 +309,12 @@ class Plan:
 def plan_steps(*, tokens_per_s: float, bin_tokens: Sequence[int], bin_examples: Sequence[int],
                sequences_per_step: int, budget_s: Optional[float], elapsed_s: float, eval_s: float,
                other_s: float, eval_samples: int, max_steps: int = 0, epochs: float = 1.0,
-               measured: bool = False) -> Plan:
+               measured: bool = False, done_steps: int = 0) -> Plan:
     """Steps that fit the budget (`bin_tokens`/`bin_examples`: the packed sequences in training order; steps go
     through them in order, `sequences_per_step` at a time). Without a budget: `max_steps`, else `epochs` passes.
-    With one: at most what `budget_s - elapsed_s - eval_s - other_s` trains at `tokens_per_s`, at least one."""
+    With one: at most what `budget_s - elapsed_s - eval_s - other_s` trains at `tokens_per_s`, at least one.
+    `done_steps`: steps an earlier run took (a resumed run); the budget is this run's, for the steps after them,
+    and the plan counts them in its total."""
     if tokens_per_s <= 0 or not math.isfinite(tokens_per_s):
         raise BudgetError(f"throughput must be positive, not {tokens_per_s}")
     if not bin_tokens or sequences_per_step < 1:
@@ -276,23 +322,24 @@ def plan_steps(*, tokens_per_s: float, bin_tokens: Sequence[int], bin_examples: 
     n = len(bin_tokens)
     data_steps = max_steps or max(1, math.ceil(math.ceil(n / sequences_per_step) * epochs))
     limit = "max_steps" if max_steps else "data"
-    steps = data_steps
+    done_steps = max(0, done_steps)
+    steps = max(data_steps, done_steps + 1)
     if budget_s is not None:
         left = budget_s - elapsed_s - eval_s - other_s
         step_tokens = sequences_per_step * (sum(bin_tokens) / n)
         fit = max(1, int(left * tokens_per_s / step_tokens)) if left > 0 else 1
-        if fit < data_steps:
-            steps, limit = fit, "budget"
-    used = [k % n for k in range(steps * sequences_per_step)]
+        if done_steps + fit < steps:
+            steps, limit = done_steps + fit, "budget"
+    used = [k % n for k in range(done_steps * sequences_per_step, steps * sequences_per_step)]
     tokens = sum(bin_tokens[i] for i in used)
     examples = sum(bin_examples[i] for i in set(used))
     return Plan(budget_s=budget_s, tokens_per_s=tokens_per_s, measured=measured, steps=steps,
                 sequences_per_step=sequences_per_step, tokens=tokens, examples=examples,
                 train_s=tokens / tokens_per_s, eval_samples=eval_samples, eval_s=eval_s, other_s=other_s,
-                elapsed_s=elapsed_s, limit=limit)
+                elapsed_s=elapsed_s, limit=limit, done_steps=done_steps)
 
 
-__all__ = ["AUTO", "BudgetError", "DEFAULT_CPU_BUDGET_S", "Plan", "batch_for_budget", "evaluation_estimate",
-           "fit_eval_samples", "format_minutes", "model_params", "parse_time_budget", "perplexity_estimate",
+__all__ = ["AUTO", "BudgetError", "DEFAULT_CPU_BUDGET_S", "MIN_EVAL_SAMPLES", "Plan", "batch_for_budget",
+           "evaluation_estimate", "fit_eval_samples", "fit_perplexity_examples", "format_minutes", "model_params", "parse_time_budget", "perplexity_estimate",
            "plan_steps", "prior_tokens_per_s", "read_throughput", "record_throughput", "render_token_target",
            "resolve_time_budget", "throughput_key"]

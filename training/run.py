@@ -98,14 +98,14 @@ class TrainOptions:
     docstring_share: float = 0.25
     # Share of examples whose file is cut after the top-level definition holding the gap (examples.at_end_of_file)
     eof_share: float = 0.0
-    # Held-out samples per kind (evaluate.SampleCounts); with a time budget they may be cut down to
-    # eval_min_samples when evaluation alone would take more than half of it.
+    # Held-out samples per kind (evaluate.SampleCounts); with a time budget they are cut down, not below
+    # eval_min_samples, when evaluation alone would take more than half of it (training.budget).
     eval_next_line: int = 80
     eval_line_rest: int = 60
     eval_block: int = 40
     eval_body: int = 20
     eval_fim: Optional[int] = None  # the former name of eval_block (statements or blocks in a body)
-    eval_min_samples: int = 100
+    eval_min_samples: int = tb.MIN_EVAL_SAMPLES
     eval_base: bool = False  # also score the plain base model when it is not the served one (report only)
     gate: GateSettings = GateSettings()
     perplexity_examples: int = 16
@@ -449,7 +449,7 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
             if n < len(all_samples):
                 _say(f"evaluating {n} of {len(all_samples)} held-out samples: all of them would take "
                      f"~{tb.format_minutes(len(all_samples) * per * (fresh + factor))}, more than half of the "
-                     f"{tb.format_minutes(budget_s)} budget")
+                     f"{tb.format_minutes(budget_s)} budget (the rest is for training)")
             samples = take(all_samples, n)
         if main_process:
             _say(f"evaluating the served model ({reference}) on {len(samples)} held-out samples "
@@ -459,10 +459,13 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
                 scores[name], rows[name] = res["summary"], res["rows"]
     eval_s = tb.evaluation_estimate([r["ms"] for r in rows[reference]], factor=factor, open_s=open_s,
                                     export_s=tb.EXPORT_S)
-    ppl_tokens = sum(len(t.ids) for t in data.held_tokenized[: options.perplexity_examples])
+    held = data.held_tokenized[: options.perplexity_examples]
+    ppl_examples = tb.fit_perplexity_examples(len(held), sum(len(t.ids) for t in held) / max(1, len(held)),
+                                              tokens_per_s=prior, budget_s=budget_s)
+    ppl_tokens = sum(len(t.ids) for t in held[:ppl_examples])
 
     def other_s(tps: float) -> float:
-        return tb.RESERVE_S + tb.perplexity_estimate(ppl_tokens, passes=2 if options.perplexity_examples else 0,
+        return tb.RESERVE_S + tb.perplexity_estimate(ppl_tokens, passes=2 if ppl_examples else 0,
                                                      tokens_per_s=tps)
 
     deadline = t_start + budget_s - eval_s - other_s(prior) if budget_s is not None else None
@@ -473,13 +476,18 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
                            elapsed_s=elapsed(), other_s=other_s(prior), **plan_args)]
     if main_process:
         _say(plans[0].describe())
+        if plans[0].warning():
+            _say("warning: " + plans[0].warning())
 
     def plan(cal: Calibration) -> int:
         p = tb.plan_steps(tokens_per_s=cal.tokens_per_s, sequences_per_step=cal.sequences_per_step,
                           elapsed_s=elapsed() - cal.seconds, other_s=other_s(cal.tokens_per_s), measured=True,
+                          done_steps=cal.done_steps,
                           **{**plan_args, "bin_tokens": cal.bin_tokens, "bin_examples": cal.bin_examples})
         plans.append(p)
         _say(p.describe())
+        if p.warning() and not plans[0].warning():
+            _say("warning: " + p.warning())
         return p.steps
 
     run_dir = store.run_dir(_run_key(data, src.cache_name, options, start.sha256 if start is not None else "",
@@ -507,9 +515,8 @@ def train_repository(repo: Path, options: TrainOptions = TrainOptions(), *, stop
         res = run_eval(engine, "adapted", samples, "eval candidate")
         scores["adapted"], rows["adapted"] = res["summary"], res["rows"]
     ppl = {}
-    if options.perplexity_examples and data.held_tokenized:
-        ppl = adapter_perplexity(hf_dir, result.adapter_dir, data.held_tokenized, device=device,
-                                 limit=options.perplexity_examples)
+    if ppl_examples and data.held_tokenized:
+        ppl = adapter_perplexity(hf_dir, result.adapter_dir, data.held_tokenized, device=device, limit=ppl_examples)
     # The gate compares with what the server would serve without this adapter, sample by sample.
     decision = decide(rows["adapted"], rows[reference], replace(options.gate, seed=options.seed))
     promote, why = decision.promote, decision.why

@@ -15,10 +15,13 @@ into a temporary folder and renamed; a run with the same data and settings resum
 Time budgets (`training.budget`): with `plan`, the number of steps is not fixed in advance. The first optimizer step
 measures the throughput (packed tokens/s, the first micro-batch left out when the step has several: it carries the
 warm-up) and `plan` turns it into the number of steps; the learning-rate schedule (linear warm-up, cosine decay, as
-transformers' `get_cosine_schedule_with_warmup`) reads that number, and the first step's rate is zero under either
-total, so planning after it changes nothing already applied. A checkpoint records the planned total, so a resumed
-run keeps its plan. With `deadline`, the loop stops before a step that the previous step's duration says would end
-past it: the checkpoint of the last step is written and the adapter saved, and the result says why it stopped.
+transformers' `get_cosine_schedule_with_warmup`, except that the warm-up's first rate is not zero: with a short
+budget the first step may be most of the run, and a step at rate zero changes nothing) reads that number; planning
+after the first step changes only the rates still to come. A resumed run (the same data and settings; `plan` again)
+plans again after its own first step, with the steps already taken counted (`Calibration.done_steps`): a later
+command has a budget of its own. With `deadline`, the loop stops before a step that the previous step's duration
+says would end past it: the checkpoint of the last step is written and the adapter saved, and the result says why
+it stopped.
 """
 
 from __future__ import annotations
@@ -122,13 +125,15 @@ class Calibration:
     bin_tokens: tuple[int, ...]  # tokens of each packed sequence, in the first epoch's training order
     bin_examples: tuple[int, ...]  # examples in each
     sequences_per_step: int
+    done_steps: int = 0  # steps taken by an earlier run this one resumed (the plan's total counts them)
 
 
 def cosine_with_warmup(step: int, total: int, warmup_ratio: float) -> float:
-    """The learning-rate factor at `step` of `total` (transformers' cosine schedule with linear warm-up)."""
+    """The learning-rate factor at `step` of `total`: transformers' cosine schedule with linear warm-up, the
+    warm-up starting at 1/(w+1) of the peak instead of 0 (w: the warm-up's steps), so that every step learns."""
     warm = max(1, int(total * warmup_ratio))
     if step < warm:
-        return step / warm
+        return (step + 1) / (warm + 1)
     progress = (step - warm) / max(1, total - warm)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
@@ -380,11 +385,11 @@ def train_lora(
                 measured = rest_tokens * world / (now - t_rest)
             else:
                 measured = step_tokens * world / max(last_step_s, 1e-9)
-            if plan is not None and not planned:
+            if plan is not None:
                 first = epoch_order(0)
                 cal = Calibration(measured, last_step_s, tuple(sum(len(examples[i].ids) for i in bins[b])
                                                                for b in first),
-                                  tuple(len(bins[b]) for b in first), seq_per_step)
+                                  tuple(len(bins[b]) for b in first), seq_per_step, done_steps=step - 1)
                 total_steps = max(step, int(_agree(accelerator, plan(cal) if accelerator.is_main_process else 0)))
                 schedule["total"] = total_steps
                 planned = True

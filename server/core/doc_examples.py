@@ -492,6 +492,13 @@ def function_examples(source: str, *, method: bool = False) -> tuple[str, tuple[
     if fn is None:
         return "", ()
     doc = ast.get_docstring(fn, clean=False)
+    if doc is None:  # (a docstring after the function's own imports, as find_function_target accepts)
+        stmts = list(fn.body)
+        while len(stmts) > 1 and isinstance(stmts[0], (ast.Import, ast.ImportFrom)):
+            stmts = stmts[1:]
+        first = stmts[0] if stmts else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            doc = first.value.value
     if not doc:
         return fn.name, ()
     return fn.name, docstring_examples(doc, fn.name, signature=signature_of(fn), method=method)

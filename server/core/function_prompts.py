@@ -535,20 +535,53 @@ def file_bindings(text: str, language: Language, tree: Optional[tree_sitter.Tree
 _PY_PLACEHOLDER_STMT = re.compile(r"^(pass|\.\.\.|raise\s+NotImplementedError\b.*)$", re.S)
 
 
+def _dedented_body(body: str) -> bytes:
+    """A body as generated (its first line comes without its indentation) at column 0, as bytes to parse."""
+    lines = body.split("\n")
+    rest = [ln for ln in lines[1:] if ln.strip()]
+    base = min((len(leading_ws(ln)) for ln in rest), default=0)
+    text = "\n".join([lines[0].strip(), *[ln[base:] if len(leading_ws(ln)) >= base else ln.lstrip()
+                                          for ln in lines[1:]]])
+    return text.encode("utf-8", "surrogatepass")
+
+
+# Calls through which a body can read its parameters without naming them.
+_READS_FRAME = frozenset({"locals", "vars", "eval", "exec", "inspect", "sys"})
+
+
+def ignores_parameters(body: str, params: Sequence[str], language: Optional[Language]) -> bool:
+    """Whether a Python body never reads any of its parameters (`self` and `cls` aside) although it has some.
+
+    Such a body answers every call alike: when it passes the docstring's examples (`return 325` for a single
+    example whose output is 325), the examples say nothing about it, so verified generation does not count it as
+    verified. False for other languages, for functions without parameters and for bodies that do not parse."""
+    if language is None or language.syntax.family != "python":
+        return False
+    wanted = {p for p in params if p not in ("self", "cls")}
+    if not wanted:
+        return False
+    data = _dedented_body(body)
+    tree = language.new_parser().parse(data)
+    if tree.root_node.has_error:
+        return False
+    names: set[str] = set()
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.type == "identifier":
+            names.add(_text(data, node))
+        stack.extend(node.children)
+    return not (names & wanted) and not (names & _READS_FRAME)
+
+
 def is_placeholder_body(body: str, language: Optional[Language]) -> bool:
     """Whether a body does nothing yet: empty, or only `pass`, `...`, `raise NotImplementedError`, comments and
     strings (brace languages: only comments)."""
     if language is None or language.syntax.family != "python":
         stripped = re.sub(r"//[^\n]*|/\*.*?\*/", "", body, flags=re.S)
         return not stripped.strip(" \t\r\n;{}")
-    lines = body.split("\n")
-    # The first line comes without its indentation: dedent the others.
-    rest = [ln for ln in lines[1:] if ln.strip()]
-    base = min((len(leading_ws(ln)) for ln in rest), default=0)
-    text = "\n".join([lines[0].strip(), *[ln[base:] if len(leading_ws(ln)) >= base else ln.lstrip()
-                                          for ln in lines[1:]]])
-    tree = language.new_parser().parse(text.encode("utf-8", "surrogatepass"))
-    data = text.encode("utf-8", "surrogatepass")
+    data = _dedented_body(body)
+    tree = language.new_parser().parse(data)
     for stmt in tree.root_node.named_children:
         if stmt.type == "comment" or _is_docstring(stmt):
             continue
@@ -559,5 +592,6 @@ def is_placeholder_body(body: str, language: Optional[Language]) -> bool:
 
 __all__ = ["FIM", "CHAT", "CHAT_ADAPTER", "STRATEGIES", "AUTO", "MODES", "AUTO_STRATEGIES", "AUTO_DEFAULT",
            "CHAT_MAX_TOKENS", "PY_CHAT_STOPS", "ChatPrompt", "Extracted", "strategies_for", "uses_chat",
-           "file_view", "answer_header", "chat_prompt", "code_blocks", "extract_body", "file_bindings", "is_placeholder_body",
+           "file_view", "answer_header", "chat_prompt", "code_blocks", "extract_body", "file_bindings",
+           "ignores_parameters", "is_placeholder_body",
            "parameter_names"]

@@ -15,7 +15,8 @@ Verified generation (Python, setting `generateFunctionVerify`): when the docstri
 that greedy body is run against them in the sandbox (`verification`); if it fails them, further bodies are
 sampled with the same strategy at a temperature (`VerifyOptions`: seeded, so the same file gives the same
 candidates) while the time budget (`generateFunctionBudgetS`) and the candidate limit allow, and the first that
-passes every example is applied, else the greedy one. Sampling never starts a candidate that the last one's
+passes every example is applied, else the greedy one. A body that never reads its parameters passes nothing (a
+constant equal to a single example's output is no evidence; `function_prompts.ignores_parameters`). Sampling never starts a candidate that the last one's
 duration says would end past the budget. The outcome says which examples the applied body passes. The examples
 are the user's own; nothing else (no hidden test) is ever run.
 """
@@ -43,7 +44,7 @@ from . import function_prompts as fp
 from .completion import ContextSource, PipelineOptions, StageTimings
 from .documents import Snapshot
 from .prompt import build_prompt
-from .verification import CheckReport, Verification, VerifyOptions, check_body
+from .verification import FAILED, CheckReport, ExampleResult, Verification, VerifyOptions, check_body
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class FunctionOutcome:
     verification: Optional[Verification] = None  # the docstring examples' verdict (Python, examples found)
 
 
+# What an example a body passes without reading its parameters is reported as (it is not counted as passed).
+IGNORES_PARAMETERS = "passed by a body that never reads its parameters"
+_PY_LOCAL_IMPORTS = ("import_statement", "import_from_statement")
 _PY_PLACEHOLDERS = re.compile(r"^(pass|\.\.\.|raise\s+NotImplementedError\b.*|#.*)$", re.S)
 
 
@@ -142,6 +146,10 @@ def find_function_target(text: str, offset: int, language: Optional[Language],
         return f"function {name} has no body to fill"
     if language.syntax.family == "python":
         stmts = [c for c in body.named_children]
+        # Imports the function makes for itself may come before its docstring (`import math` then the
+        # docstring): they stay, and the body slot is still after the docstring.
+        while len(stmts) > 1 and stmts[0].type in _PY_LOCAL_IMPORTS:
+            stmts = stmts[1:]
         if not stmts or stmts[0].type != "expression_statement" or not stmts[0].named_children \
                 or stmts[0].named_children[0].type != "string":
             return f"function {name} has no docstring: write the signature and the docstring first"
@@ -357,8 +365,13 @@ def _verify(req: FunctionRequest, greedy: Candidate, strategy: str, examples: tu
 
     def judge(cand: Candidate) -> CheckReport:
         edited = req.doc[:req.at] + cand.body + req.doc[req.at:]
-        return check_body(edited, snap.language, name=target.name, method=target.class_name is not None,
-                          examples=examples, options=verify)
+        report = check_body(edited, snap.language, name=target.name, method=target.class_name is not None,
+                            examples=examples, options=verify)
+        if report.all_passed and fp.ignores_parameters(cand.body, target.params, snap.language):
+            # (a constant that equals the examples' outputs: passing them is no evidence)
+            return CheckReport(tuple(ExampleResult(r.example, FAILED, IGNORES_PARAMETERS) for r in report.results),
+                               "", report.seconds)
+        return report
 
     def outcome(cand: Candidate, report: CheckReport, judged: int, chosen: int, sampled: int, note: str,
                 attempts: list[str], cancelled: bool = False) -> _Verified:
