@@ -40,7 +40,10 @@ siblings lie after the window. Three judges look at it, because each accepts som
 
 Where the unedited text is broken at the cursor itself (a syntax error on the cursor's line, a header before
 the cursor still waiting for its block, the line of code after the cursor mis-indented), only a candidate that
-mends it fits: one leaving the error in place would be a guess at what the code around it means.
+mends it fits: one leaving the error in place would be a guess at what the code around it means. Except
+where no insertion can mend it: the rest of the cursor's line is only the closers of brackets (and the string)
+opened before it, as an editor's auto-closing leaves them while a header is retyped above its old body
+(`def f(x|)`: the colon comes after the `)`). There a one-line candidate that adds no error of its own fits.
 
 Without a grammar, bracket and string balance on the cursor's line stands in.
 """
@@ -144,7 +147,8 @@ class Validator:
             return None, why
         tier = max(tier, indent_tier)
         junction = self._junction_broken(win) if tier != CLEAN and win is not None else 0
-        if junction == _JUNCTION_STRUCTURE or (junction == _JUNCTION_LINE and not self._mended(t, win)):
+        if (junction == _JUNCTION_STRUCTURE or (junction == _JUNCTION_LINE and not self._mended(t, win))) \
+                and not self._within_closers(t):
             # The text before the edit is broken at the cursor: only a candidate that mends it fits (one
             # leaving the error in place would be a guess at what the code around it means).
             return None, "the code after the cursor still does not fit"
@@ -219,6 +223,8 @@ class Validator:
             return why
         first = before.count("\n") + 1  # the insertion's lines in the compiled text
         added = t.count("\n")
+        if (msg, line) == old[:2] and self._within_closers(t):
+            return ""  # the error after the closers the insertion cannot pass, as it was (`_within_closers`)
         if first <= line <= first + added:
             return why
         mapped = (msg, line, col) if line < first else (msg, line - added, col)
@@ -291,6 +297,23 @@ class Validator:
         line_b = ins_b - utf8_len(ctx.line_before)
         end_b = ins_b + utf8_len(t) + utf8_len(ctx.rest_line)
         return not any(a <= end_b and b >= line_b - 1 for _, a, b in new)
+
+    def _within_closers(self, t: str) -> bool:
+        """The rest of the cursor's line is only closers of brackets (and of the string) opened before the cursor,
+        and `t` is one line: what an editor's auto-closing leaves while a header is retyped above its old body
+        (`def f(x|)`). An insertion cannot reach past those closers, so it cannot mend a junction broken after
+        them (the header's colon comes after the `)`): that is left to the user, and a candidate that leaves only
+        the errors already there fits."""
+        ctx = self.ctx
+        if "\n" in t:
+            return False
+        rest = ctx.rest_line.strip()
+        if not rest:
+            return False
+        state = ctx.state_at_cursor
+        quotes = set(state.string) if state.string else set()
+        brackets = [c for c in rest if c not in quotes]
+        return all(c in ")]}" for c in brackets) and len(brackets) <= len(state.stack)
 
     def _junction(self, t: str) -> str:
         """A candidate ending with a newline (and indentation) puts the rest of the cursor's line at a new
@@ -501,7 +524,7 @@ class Validator:
                 mapped = pos - tl
             else:
                 return None, kind
-            if ins <= mapped < junction_end:
+            if ins <= mapped < junction_end and not self._within_closers(t):
                 return None, kind + " on the line after the cursor"
             if old[(kind, mapped)] > 0:
                 old[(kind, mapped)] -= 1

@@ -536,6 +536,21 @@ def test_body_line_waiting_for_its_header_must_be_mended():
     assert r.valid and r.text == "    if n < 2:\n"
 
 
+def test_header_typed_inside_auto_closed_brackets_above_its_old_body():
+    # A signature retyped above the body it keeps, with the editor's auto-closed ")" after the cursor: the colon
+    # can only come after that ")", so the header stays broken whatever is inserted; the arguments still fit.
+    marked = "x = 1\ndef divide_line(te|)\n    cells = cell_len\n    return cells\n"
+    r = run(marked, "xt: str, width: int) -> list[int]:\n", scope=Scope.LINE)
+    assert r.valid and r.text == "xt: str, width: int"
+    r = run("def f(x):\n    if foo(x, |)\n        return 1\n", "y):\n", scope=Scope.LINE)
+    assert r.valid and r.text == "y"
+    # Still judged: a candidate adding an error of its own or lines, a text without closers after the cursor.
+    assert not run("def f(x):\n    if foo(x, |)\n        return 1\n", "y, (", scope=Scope.LINE).valid
+    assert run("def f(x):\n    if foo(x, |)\n        return 1\n", "y)\n    z = (", scope=Scope.BLOCK).text == "y"
+    assert not run("def f(s):\n    n = len(s)\n|        return False\n", "    return True\n").valid
+    assert not run("def f(x):\n    if foo(x, y|\n        return 1\n", "", scope=Scope.LINE).valid
+
+
 def test_clause_after_the_window_is_checked_with_an_inserted_else():
     # An inserted else: would leave the existing "elif" after it without its if statement.
     marked = ("def f(v):\n    num = float(v)\n|        if num > 0:\n            r = 1\n        else:\n"

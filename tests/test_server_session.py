@@ -141,6 +141,43 @@ async def test_typed_ahead_then_divergence(tmp_path, cache_dir):
     await s.shutdown()
 
 
+async def test_a_generation_that_disagrees_with_what_was_typed_since_stops_at_once(tmp_path, cache_dir):
+    # A slow line (61 tokens x 30 ms) that the user does not type: the request after the key joins it and it stops
+    # at its next token, instead of running to its end before the model answers the text as it is now.
+    s = _session(tmp_path, table={"return ": "a+" * 30 + "c", "return x": " * 2"}, test={"tokenDelayMs": 30})
+    await _ready(s)
+    s.did_open(URI, "python", 1, SRC)
+    first = asyncio.create_task(s.complete(URI, 1, 11, invoked=True))
+    await asyncio.sleep(0.2)  # a few tokens are out
+    t0 = time.perf_counter()
+    s.did_change(URI, 2, [((1, 11, 1, 11), "x")])
+    first.cancel()  # the client cancels the request of the previous key
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = await s.complete(URI, 1, 12)
+    elapsed = time.perf_counter() - t0
+    assert second is not None and second.text == " * 2" and second.source == "model"
+    assert s.counters["diverged"] == 1 and s.host.loaded.engine.calls == 2
+    assert elapsed < 1.0  # (the rest of the first line alone would be 1.2 s)
+    await s.shutdown()
+
+
+async def test_a_generation_that_agrees_with_what_was_typed_since_goes_on(tmp_path, cache_dir):
+    s = _session(tmp_path, table={"return ": "compute(a, b)", "return c": "1"}, test={"tokenDelayMs": 30})
+    await _ready(s)
+    s.did_open(URI, "python", 1, SRC)
+    first = asyncio.create_task(s.complete(URI, 1, 11, invoked=True))
+    await asyncio.sleep(0.1)
+    s.did_change(URI, 2, [((1, 11, 1, 11), "c")])
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = await s.complete(URI, 1, 12)
+    assert second is not None and second.text == "ompute(a, b)" and second.source == "cache"
+    assert s.counters["diverged"] == 0 and s.host.loaded.engine.calls == 1
+    await s.shutdown()
+
+
 async def test_accept_prepares_the_next_suggestion(tmp_path, cache_dir):
     table = {"return ": "a + b", "return a + b": "  # sum"}
     s = _session(tmp_path, table=table, test={"tokenDelayMs": 5})

@@ -259,3 +259,24 @@ def test_remote_needs_an_endpoint():
         open_engine(Settings(engine="remote").engine_spec(None))
     got = open_engine(Settings(engine="remote", remote_endpoint="http://127.0.0.1:9").engine_spec(None))
     assert got.engine.name == "remote"
+
+
+@pytest.mark.parametrize("typed, raw, at_line_start, disagrees", [
+    ("", "abc", False, False),  # nothing typed yet
+    ("a", "", False, False),  # nothing generated yet
+    ("ab", "abc", False, False),
+    ("abcd", "abc", False, False),  # typed past what is out so far: agrees up to there
+    ("ax", "abc", False, True),
+    ("x", "\nfoo", False, True),  # the model goes to the next line, the user types on this one
+    ("foo", "    foo(", True, False),  # at a line's start the model's indentation may be dropped by post-processing
+    ("fx", "    foo(", True, True),
+    ("f", "    ", True, False),
+    (" f", "foo", False, True),
+])
+def test_typed_since_disagrees(typed, raw, at_line_start, disagrees):
+    from intarsia.server.core.completion import TypedSince
+
+    t = TypedSince(at_line_start=at_line_start)
+    t.typed, t.raw = typed, raw
+    assert t.disagrees() is disagrees
+

@@ -126,13 +126,50 @@ def should_complete(snapshot: Snapshot, options: PipelineOptions,
     return d
 
 
+DIVERGED = "diverged from what was typed since"  # the reason of a generation `TypedSince` stopped
+
+
+class TypedSince:
+    """What the user has typed at a generation's cursor since its snapshot, shared by the event loop and the model
+    thread while the generation runs.
+
+    The loop sets `typed` when a request types ahead of the generation (and joins it); the model thread appends
+    each streamed piece to `raw`. As soon as the two disagree, no request can be answered from this generation
+    any more (the typed-ahead cache shows a suggestion only to a user who typed its first characters), so it is
+    stopped at its next token instead of after its last: on a CPU, the half second or more that a whole line
+    takes, while the user types on and the next generation waits. Plain attribute assignments of `str` values:
+    a stale read only delays the stop by a token.
+
+    `at_line_start`: the snapshot's cursor has only indentation before it on its line, where post-processing
+    may drop or change the model's leading whitespace: it is then not compared."""
+
+    def __init__(self, at_line_start: bool = False):
+        self.at_line_start = at_line_start
+        self.typed = ""
+        self.raw = ""
+
+    def disagrees(self) -> bool:
+        typed, raw = self.typed, self.raw
+        if not typed or not raw:
+            return False
+        if self.at_line_start:
+            typed, raw = typed.lstrip(" \t"), raw.lstrip(" \t")
+            if not typed or not raw:
+                return False
+        n = min(len(typed), len(raw))
+        return typed[:n] != raw[:n]
+
+
 class _EarlyStop:
     """Watches streamed text and sets the generation's event once the scope needs no more lines: `max_lines`
-    lines with content, or (Python blocks) a line after the first indented at or below `indent_floor`."""
+    lines with content, or (Python blocks) a line after the first indented at or below `indent_floor`; or once
+    the text disagrees with what the user typed since (`TypedSince`: `diverged`)."""
 
     def __init__(self, event: threading.Event, decision: ScopeDecision, cursor_line_has_content: bool,
-                 first_line: Optional[Callable[[str], None]] = None):
+                 first_line: Optional[Callable[[str], None]] = None, typed: Optional[TypedSince] = None):
         self.event = event
+        self.typed = typed
+        self.diverged = False
         self.max_lines = decision.max_lines
         self.floor = decision.indent_floor
         self.cursor_line_has_content = cursor_line_has_content
@@ -144,10 +181,16 @@ class _EarlyStop:
         self.stopped = False
 
     def __call__(self, piece: str) -> None:
-        if self.stopped:
+        if self.stopped or self.diverged:
             return
         self.text += piece
         self.buf += piece
+        if self.typed is not None:
+            self.typed.raw = self.text
+            if self.typed.disagrees():
+                self.diverged = True
+                self.event.set()
+                return
         while "\n" in self.buf:
             line, self.buf = self.buf.split("\n", 1)
             first = self.lines == 0
@@ -250,13 +293,17 @@ def run_completion(
     cancel: Optional[threading.Event] = None,
     context: Optional[ContextSource] = None,
     on_first_line: Optional[Callable[[str], None]] = None,
+    typed: Optional[TypedSince] = None,
 ) -> CompletionOutcome:
     """One completion at `snapshot.offset` (see the module docstring). Never raises for engine failures
     (`IntarsiaError`): they become an empty outcome whose reason says what failed.
 
     `on_first_line`: for a block, called (on this thread, while the engine goes on) with the suggestion's first
     line as soon as it is generated and fits where it goes, post-processed like a one-line suggestion: someone who
-    typed ahead of this generation can be shown it before the block is done."""
+    typed ahead of this generation can be shown it before the block is done.
+
+    `typed`: what the user typed at the cursor since the snapshot, updated by the caller while this runs; the
+    generation stops as soon as its text disagrees with it (a cancelled outcome, reason "diverged")."""
     t0 = time.perf_counter()
     cancel = cancel if cancel is not None else threading.Event()
     cursor = cursor_context(snapshot.text, snapshot.offset, snapshot.language, snapshot.tree)
@@ -291,7 +338,7 @@ def run_completion(
             on_first_line(line)
 
     watcher = _EarlyStop(cancel, decision, bool(snapshot.text[ls:snapshot.offset].strip()),
-                         first_line if on_first_line is not None and decision.scope is Scope.BLOCK else None)
+                         first_line if on_first_line is not None and decision.scope is Scope.BLOCK else None, typed)
     stops = tuple(dict.fromkeys((*fim_format.stop_strings, *decision.stop)))
     max_new = min(decision.max_new_tokens, options.max_tokens)
     if quick and options.quick is not None:
@@ -317,13 +364,15 @@ def run_completion(
         return out
     t_eng = time.perf_counter()
     first_ms = res.timings.first_token_s * 1000
-    cancelled = res.finish_reason == FINISH_CANCELLED and not watcher.stopped
+    cancelled = watcher.diverged or (res.finish_reason == FINISH_CANCELLED and not watcher.stopped)
     if cancelled:
-        out = CompletionOutcome("", "cancelled", decision.scope.value, raw=res.text, finish_reason=res.finish_reason,
+        why = DIVERGED if watcher.diverged else "cancelled"
+        out = CompletionOutcome("", why, decision.scope.value, raw=res.text, finish_reason=res.finish_reason,
                                 timings=StageTimings(**timings_common, engine_ms=(t_eng - t_prompt) * 1000,
                                                      first_token_ms=first_ms, total_ms=(t_eng - t0) * 1000),
-                                prompt_tokens=parts.prompt_tokens, new_tokens=res.timings.new_tokens,
-                                context_files=parts.context_files, cancelled=True, engine_called=True)
+                                prompt_tokens=parts.prompt_tokens, reused_tokens=res.timings.reused_tokens,
+                                new_tokens=res.timings.new_tokens, context_files=parts.context_files,
+                                cancelled=True, engine_called=True)
         _log_outcome(snapshot, out)
         return out
     # Stopped by the token limit or by the early stop: the last line may be unfinished.
@@ -357,5 +406,5 @@ def run_completion(
     return out
 
 
-__all__ = ["ContextSource", "PipelineOptions", "StageTimings", "CompletionOutcome", "should_complete",
-           "run_completion"]
+__all__ = ["ContextSource", "PipelineOptions", "StageTimings", "CompletionOutcome", "TypedSince", "DIVERGED",
+           "should_complete", "run_completion"]

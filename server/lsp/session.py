@@ -36,7 +36,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from intarsia.model.registry import DEFAULT_MODEL
 from intarsia.server.core.acceptance import AcceptanceLog, AcceptanceTracker, Anchor
-from intarsia.server.core.completion import CompletionOutcome, PipelineOptions, QuickStart, run_completion
+from intarsia.server.core.completion import (DIVERGED, CompletionOutcome, PipelineOptions, QuickStart, TypedSince,
+                                             run_completion)
 from intarsia.server.core.context import ContextProvider, RepoIndex
 from intarsia.server.core.documents import ENCODINGS, Document, DocumentStore, NeighborDoc, PositionError, Snapshot
 from intarsia.server.core.functions import FunctionOutcome, generate_function
@@ -125,6 +126,22 @@ class _Inflight:
     orphaned: bool = False  # its request was cancelled: nobody waits for it
     # Set (on the loop) when a block's first line is in the typed-ahead cache while the block is still generated.
     first_line: Optional["asyncio.Future"] = None
+    # What was typed at its cursor since (set on the loop, read by the model thread): it stops when they disagree.
+    typed: Optional[TypedSince] = None
+
+    def typed_ahead_to(self, text: str, offset: int) -> bool:
+        """Record that the document is now `text` with the cursor at `offset`, typed ahead of this generation's
+        snapshot; False when what the generation has produced so far already disagrees with the typed characters
+        (nobody can be shown it: stop it)."""
+        if self.typed is None:
+            return True
+        self.typed.typed = text[self.offset:offset]
+        return not self.typed.disagrees()
+
+    def stop(self) -> None:
+        self.job.cancel.set()
+        if self.job.future is not None:
+            self.job.future.cancel()
 
 
 def _typed_ahead(old_text: str, old_offset: int, text: str, offset: int) -> bool:
@@ -176,7 +193,7 @@ class Session:
         self.counters: dict[str, int] = {k: 0 for k in (
             "requests", "completions", "engine_calls", "cache_hits", "speculative_hits", "speculations",
             "cancelled", "superseded", "stale", "not_ready", "empty", "skipped", "quick_starts", "joined",
-            "joined_hits", "first_lines")}
+            "joined_hits", "first_lines", "diverged")}
         self.last: Optional[dict] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._debouncers: dict[str, Debouncer] = {}
@@ -332,10 +349,9 @@ class Session:
         is free for the new place at once (on a CPU such a generation is seconds)."""
         for u, flight in list(self._inflight.items()):
             if flight.orphaned and not flight.fut.done() and not (
-                    u == uri and _typed_ahead(flight.text, flight.offset, text, offset)):
-                flight.job.cancel.set()
-                if flight.job.future is not None:
-                    flight.job.future.cancel()
+                    u == uri and _typed_ahead(flight.text, flight.offset, text, offset)
+                    and flight.typed_ahead_to(text, offset)):
+                flight.stop()
         for u, spec in list(self._speculation.items()):
             # (kept: the speculation for what the user may type or accept here, and one typed ahead of)
             if u != uri or not (_typed_ahead(text, offset, spec.text, spec.offset)
@@ -398,12 +414,13 @@ class Session:
             raise
 
     def _track(self, uri: str, job: Job, text: str, offset: int, sid: str,
-               first_line: Optional["asyncio.Future"] = None) -> "asyncio.Future":
+               first_line: Optional["asyncio.Future"] = None, typed: Optional[TypedSince] = None
+               ) -> "asyncio.Future":
         """Follow a completion job: when it ends, its suggestion goes to the typed-ahead cache (also when its
         request was cancelled), and it is no longer in flight. `first_line`: set when the block's first line went
-        to the cache ahead of the block (`_first_line_sink`)."""
+        to the cache ahead of the block (`_first_line_sink`); `typed`: the job's `TypedSince`."""
         fut = settled(job, asyncio.get_running_loop())
-        flight = _Inflight(job, text, offset, fut, first_line=first_line)
+        flight = _Inflight(job, text, offset, fut, first_line=first_line, typed=typed)
         self._inflight[uri] = flight
 
         def ended(f: asyncio.Future) -> None:
@@ -414,6 +431,8 @@ class Session:
             out = f.result()
             if out is not None and out.text and not out.cancelled:
                 self.cache.put(uri, text, offset, out.text, sid)
+            if out is not None and out.reason == DIVERGED:
+                self.counters["diverged"] += 1
             if flight.orphaned and out is not None and out.engine_called:
                 self.counters["engine_calls"] += 1
 
@@ -442,13 +461,15 @@ class Session:
     async def _join(self, uri: str, text: str, offset: int, version: int, doc: Document) -> Optional[bool]:
         """Before a new generation: a generation still running for `uri` that this request only typed ahead of
         (the same text with characters inserted at its cursor) is waited for, and its result answers from the
-        cache; one for another place (or an orphaned one elsewhere) is stopped. True when one was joined. A
-        block's first line, once generated, answers at once when it agrees with what was typed (the block goes
-        on to the cache for the next keys)."""
+        cache; one for another place (or an orphaned one elsewhere) is stopped, and so is one whose text so far
+        disagrees with what was typed (it stops itself when it comes to disagree while it is waited for). True
+        when one was joined. A block's first line, once generated, answers at once when it agrees with what was
+        typed (the block goes on to the cache for the next keys)."""
         for u, flight in list(self._inflight.items()):
             if flight.fut.done():
                 continue
-            if u == uri and _typed_ahead(flight.text, flight.offset, text, offset):
+            if u == uri and _typed_ahead(flight.text, flight.offset, text, offset) \
+                    and flight.typed_ahead_to(text, offset):
                 self.counters["joined"] += 1
                 try:
                     if flight.first_line is not None and not flight.first_line.done():
@@ -460,9 +481,7 @@ class Session:
                     return None
                 return True
             if flight.orphaned or u == uri:
-                flight.job.cancel.set()
-                if flight.job.future is not None:
-                    flight.job.future.cancel()
+                flight.stop()
         return None
 
     def _position(self, uri: str, line: int, character: int) -> Optional[tuple[Document, int]]:
@@ -591,14 +610,15 @@ class Session:
             options = self.options()
 
             on_first_line, first_line = self._first_line_sink(uri, text, offset, sid)
+            typed = TypedSince(at_line_start=not text[text.rfind("\n", 0, offset) + 1:offset].strip())
 
             def work(cancel: threading.Event) -> CompletionOutcome:
                 return run_completion(snapshot, engine=loaded.engine, fim_format=loaded.fim_format,
                                       options=options, cancel=cancel, context=self.context,
-                                      on_first_line=on_first_line)
+                                      on_first_line=on_first_line, typed=typed)
 
             job = self.worker.submit(uri, work)
-            fut = self._track(uri, job, text, offset, sid, first_line)
+            fut = self._track(uri, job, text, offset, sid, first_line, typed)
             outcome = await self._await(job, fut)
             source = "model"
             if job.superseded:  # a newer request for this document cancelled this one
