@@ -215,6 +215,24 @@ def parse_strategy(name: str) -> tuple[str, bool]:
     return name, False
 
 
+def strategy_settings(name: str) -> dict:
+    """The server settings of a strategy name: its mode and whether verification is on."""
+    mode, verify = parse_strategy(name)
+    return {"generateFunctionMode": mode, "generateFunctionVerify": verify}
+
+
+def select_tasks(problems: list[Problem], tasks: Optional[str]) -> list[Problem]:
+    """The problems named by `--tasks` (comma-separated task ids, or @FILE with one per line), in their order."""
+    if not tasks:
+        return problems
+    names = Path(tasks[1:]).read_text().split() if tasks.startswith("@") else tasks.split(",")
+    wanted = {n.strip() for n in names if n.strip()}
+    unknown = wanted - {p.task_id for p in problems}
+    if unknown:
+        raise SystemExit(f"--tasks names tasks not in the chosen datasets: {', '.join(sorted(unknown))}")
+    return [p for p in problems if p.task_id in wanted]
+
+
 def score(p: Problem, edited: Optional[str], timeout: float) -> dict[str, bool]:
     names = ("humaneval", "humaneval+") if p.dataset == "humaneval" else ("mbpp", "mbpp+")
     if edited is None:
@@ -237,6 +255,10 @@ async def run(args: argparse.Namespace) -> dict:
             problems += _mbppplus(args.limit, args.seed)
         else:
             raise SystemExit(f"unknown dataset {name} (choose from {', '.join(DATASETS)})")
+    # A problem's file name is its place in the whole list, so that --tasks asks what a full run asks (the path is
+    # part of the prompt).
+    place = {id(p): k for k, p in enumerate(problems)}
+    problems = select_tasks(problems, args.tasks)
     strategies = args.strategies.split(",")
     ws = Path(tempfile.mkdtemp(prefix="intarsia-genfn-"))
     log_file = ws.parent / (ws.name + ".log")
@@ -252,9 +274,7 @@ async def run(args: argparse.Namespace) -> dict:
         edits.append(params)
         return t.ApplyWorkspaceEditResult(applied=True)
 
-    first_mode, first_verify = parse_strategy(strategies[0])
-    await start_server(client, ws, log_file, {**settings, "generateFunctionMode": first_mode,
-                                              "generateFunctionVerify": first_verify},
+    await start_server(client, ws, log_file, {**settings, **strategy_settings(strategies[0])},
                        tree=args.server_tree, capabilities=t.ClientCapabilities(
                            general=t.GeneralClientCapabilities(position_encodings=[t.PositionEncodingKind.Utf16]),
                            workspace=t.WorkspaceClientCapabilities(
@@ -272,17 +292,15 @@ async def run(args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {}
     records: dict[str, list[Record]] = {}
     for strategy in strategies:
-        mode, verify = parse_strategy(strategy)
-        client.workspace_did_change_configuration(t.DidChangeConfigurationParams(
-            settings={"intarsia": {**settings, "generateFunctionMode": mode, "generateFunctionVerify": verify}}))
+        wanted = {**settings, **strategy_settings(strategy)}
+        client.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings={"intarsia": wanted}))
         st = await execute("intarsia.status")
-        if st["settings"].get("generateFunctionMode") != mode or \
-                st["settings"].get("generateFunctionVerify") is not verify:
-            raise SystemExit(f"the server did not take generateFunctionMode={mode}, generateFunctionVerify={verify}:"
-                             f" {st['settings']}")
+        differ = {k: v for k, v in strategy_settings(strategy).items() if st["settings"].get(k) != v}
+        if differ:
+            raise SystemExit(f"the server did not take {differ}: {st['settings']}")
         recs: list[Record] = []
-        for k, p in enumerate(tqdm(problems, desc=strategy, file=sys.stderr, unit="fn")):
-            uri = (ws / strategy.replace("+", "_") / f"{p.dataset}_{k}.py").as_uri()
+        for p in tqdm(problems, desc=strategy, file=sys.stderr, unit="fn"):
+            uri = (ws / strategy.replace("+", "_") / f"{p.dataset}_{place[id(p)]}.py").as_uri()
             client.text_document_did_open(t.DidOpenTextDocumentParams(text_document=t.TextDocumentItem(
                 uri=uri, language_id="python", version=1, text=p.source)))
             edits.clear()
@@ -320,7 +338,7 @@ async def run(args: argparse.Namespace) -> dict:
     return {
         "label": args.label, "model": args.model or "default", "model_description": description,
         "server_tree": args.server_tree, "settings": settings, "datasets": args.datasets, "limit": args.limit,
-        "seed": args.seed, "problems": len(problems), "engine_load_s": round(load_s, 1),
+        "tasks": args.tasks, "seed": args.seed, "problems": len(problems), "engine_load_s": round(load_s, 1),
         "data": {"humaneval": HUMANEVAL.name, "humaneval+": HUMANEVAL_PLUS.name, "mbpp+": MBPP_PLUS.name},
         "sandbox_network_isolated": network_isolated(), "sandbox_writes_confined": writes_confined(),
         "strategies": results,
@@ -381,6 +399,8 @@ def main() -> int:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--limit", type=int, default=None, help="problems per dataset (a seeded shuffle's first N)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tasks", default=None,
+                    help="only these task ids (comma-separated, or @FILE with one per line), after --limit")
     ap.add_argument("--model", default=None)
     ap.add_argument("--settings", default="{}", help="extra server settings (JSON)")
     ap.add_argument("--server-tree", default=None, help="run the server from this checkout (lsp_bench.py)")

@@ -112,11 +112,35 @@ def test_kernel_benchmark_times_the_served_computation(type_name):
     assert mk.time_ms(mk.dense_session(w, 1), a, 2, 1) > 0
 
 
+def test_generate_function_selects_problems_by_task_id(tmp_path):
+    gf = _benchmark("generate_function")
+    probs = [gf.Problem("humaneval", f"HumanEval/{k}", "f", "", "", "", (), 0.0, 0) for k in range(4)]
+    assert gf.select_tasks(probs, None) == probs
+    assert [p.task_id for p in gf.select_tasks(probs, "HumanEval/3,HumanEval/1")] == ["HumanEval/1", "HumanEval/3"]
+    listed = tmp_path / "tasks.txt"
+    listed.write_text("HumanEval/2\n\nHumanEval/0\n")
+    assert [p.task_id for p in gf.select_tasks(probs, "@" + str(listed))] == ["HumanEval/0", "HumanEval/2"]
+    with pytest.raises(SystemExit, match="HumanEval/9"):
+        gf.select_tasks(probs, "HumanEval/1,HumanEval/9")
+
+
+def test_chat_anchor_asks_the_task_as_written_and_runs_the_answer_after_its_imports():
+    ca = _benchmark("chat_anchor")
+    src = 'from typing import List\n\n\ndef f(xs: List[int]) -> int:\n    """Sum."""\n    pass\n'
+    p = ca.gf.Problem("humaneval", "HumanEval/0", "f", src, "", "", (), 0.0, 3)
+    assert ca.task_text(p) == 'from typing import List\n\n\ndef f(xs: List[int]) -> int:\n    """Sum."""'
+    assert "pass" not in ca.QUESTION.format(task=ca.task_text(p))
+    assert ca.program_of(p, "def f(xs):\n    return sum(xs)") == \
+        "from typing import List\ndef f(xs):\n    return sum(xs)"
+    assert ca.ANSWER.endswith("```python\n") and "\n```" in ca.STOPS
+
+
 def test_generate_function_verified_strategies_and_their_summary():
     gf = _benchmark("generate_function")
     assert gf.parse_strategy("chat+verify") == ("chat", True)
     assert gf.parse_strategy("chat+adapter") == ("chat+adapter", False)
     assert gf.parse_strategy("chat+adapter+verify") == ("chat+adapter", True)
+    assert gf.strategy_settings("auto+verify") == {"generateFunctionMode": "auto", "generateFunctionVerify": True}
     R = gf.Record
     recs = [R("HumanEval/1", "humaneval", applied=True, parses=True, seconds=2.0, strategy="chat",
               passed={"humaneval": True, "humaneval+": True},
