@@ -47,8 +47,9 @@ def init_params(client_name: str, root: Optional[Path], options: Any) -> t.Initi
 
 @contextlib.asynccontextmanager
 async def running_server(client_name: str, root: Optional[Path], options: Any, *, cache: Optional[Path] = None,
-                         args: tuple[str, ...] = ()):
-    """A server process initialized by a pytest-lsp client with the given recorded capabilities."""
+                         args: tuple[str, ...] = (), configuration_delay: float = 0.0):
+    """A server process initialized by a pytest-lsp client with the given recorded capabilities (the client answers
+    workspace/configuration after `configuration_delay` seconds)."""
     own_cache = cache is None
     cache = cache or Path(tempfile.mkdtemp(prefix="intarsia-lsp-cache-"))
     client = make_test_lsp_client()
@@ -61,18 +62,45 @@ async def running_server(client_name: str, root: Optional[Path], options: Any, *
         return t.ApplyWorkspaceEditResult(applied=ls.apply_result,
                                           failure_reason=None if ls.apply_result else "refused by the test")
 
+    if configuration_delay:  # in place of pytest-lsp's own handler (registering a second one is refused)
+        async def slow_configuration(params: t.ConfigurationParams):
+            await asyncio.sleep(configuration_delay)
+            return [None for _ in params.items]
+
+        client.protocol.fm.features[t.WORKSPACE_CONFIGURATION] = slow_configuration
+
     env = {**os.environ, "INTARSIA_CACHE": str(cache)}
     await client.start_io(*SERVER, *args, env=env)
+    shut_down = False
     try:
         client.init_result = await client.initialize_session(  # type: ignore[attr-defined]
             init_params(client_name, root, options))
         client.cache_dir = cache  # type: ignore[attr-defined]
         yield client
         await client.shutdown_session()
+        shut_down = True
     finally:
-        await client.stop()
+        await _stop(client, shut_down)
         if own_cache:
             shutil.rmtree(cache, ignore_errors=True)
+
+
+async def _stop(client: LanguageClient, shut_down: bool) -> None:
+    """Stop the client and its server. pygls's `stop` waits for the server process to exit, which it does only after
+    `exit`: when a test failed before `shutdown_session` it would wait forever (a failed assertion became a
+    30-minute timeout), so the server is told to exit, and killed if it does not within a few seconds."""
+    server = getattr(client, "_server", None)  # the process pygls started; pygls has no public handle on it
+    if not shut_down and server is not None and server.returncode is None:
+        try:
+            client.protocol.notify(t.EXIT, None)
+        except Exception:  # the pipe is already closed
+            pass
+    try:
+        await asyncio.wait_for(asyncio.shield(client.stop()), timeout=10)
+    except asyncio.TimeoutError:
+        if server is not None and server.returncode is None:
+            server.kill()
+        await asyncio.wait_for(client.stop(), timeout=10)
 
 
 async def command(client: LanguageClient, name: str, *arguments: Any) -> Any:

@@ -167,6 +167,14 @@ async def test_requests_before_the_model_is_ready_get_an_empty_answer(tmp_path):
         assert [r.kind for r in reports] == ["begin", "report", "report", "end"]
 
 
+async def test_the_state_is_loading_while_the_client_is_asked_for_its_configuration(tmp_path):
+    options = {"intarsia": {"engine": "test", "debounceMs": 0}}
+    async with running_server("vscode", tmp_path, options, configuration_delay=1.0) as lsp:
+        await asyncio.sleep(0.2)  # `initialized` has been handled; the configuration's answer is not in yet
+        assert (await status(lsp))["state"] == "loading"
+        await wait_ready(lsp)
+
+
 async def test_missing_model_is_shown_once_with_the_fix(tmp_path):
     options = {"intarsia": {"engine": "ort", "model": str(tmp_path / "missing-model.gguf")}}
     async with running_server("neovim", tmp_path, options) as lsp:

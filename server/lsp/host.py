@@ -93,6 +93,13 @@ class EngineHost:
 
     # ---- loading
 
+    def starting(self) -> None:
+        """The session loads an engine as soon as its settings are known (the client is being asked for its
+        configuration, up to a few seconds): from now on the state is "loading", never "idle", so a status asked in
+        between tells the truth."""
+        if self.state == "idle":
+            self.state = "loading"
+
     def reload(self, spec: EngineSpec) -> "asyncio.Task":
         """Load the engine `spec` names; the previous one stops answering now and is closed on the model thread
         before the new one opens (two models need not fit in memory together)."""

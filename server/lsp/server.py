@@ -72,6 +72,7 @@ def make_server() -> IntarsiaServer:
     async def initialized(ls: IntarsiaServer, params: types.InitializedParams) -> None:
         if ls.session is None:
             return
+        ls.session.host.starting()
         warnings = list(ls.init_warnings)
         pulled = await _pull_configuration(ls)
         if pulled is not None:
