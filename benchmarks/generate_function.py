@@ -274,6 +274,10 @@ async def run(args: argparse.Namespace) -> dict:
         edits.append(params)
         return t.ApplyWorkspaceEditResult(applied=True)
 
+    @client.feature(t.WINDOW_SHOW_MESSAGE)
+    def on_show_message(params: t.ShowMessageParams) -> None:
+        log.debug("server says: %s", params.message)  # (the command's result carries the same verification)
+
     await start_server(client, ws, log_file, {**settings, **strategy_settings(strategies[0])},
                        tree=args.server_tree, capabilities=t.ClientCapabilities(
                            general=t.GeneralClientCapabilities(position_encodings=[t.PositionEncodingKind.Utf16]),
@@ -410,6 +414,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("pygls").setLevel(logging.WARNING)  # its INFO is every JSON-RPC message sent
     res = asyncio.run(run(args))
     text = json.dumps(res, indent=1)
     print(text)
